@@ -1,0 +1,69 @@
+"""cnnx: readable, fast CPU kernels for CNN convolution and pooling.
+
+``cnnx.functional`` holds the compiled ops (PyTorch semantics, NCHW),
+``cnnx.reference`` their pure-Python twins, ``cnnx.layers`` a small layer API.
+"""
+
+__version__ = "0.1.0"
+
+from ._config import get_num_threads, set_num_threads
+from .functional import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    conv2d,
+    conv2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    relu,
+    relu_backward,
+)
+
+__all__ = [
+    "__version__",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "get_num_threads",
+    "info_dict",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "relu",
+    "relu_backward",
+    "set_num_threads",
+]
+
+
+def info_dict():
+    """Version, build flags, OpenMP, BLAS and thread settings as a dict."""
+    import platform
+
+    import numpy as np
+    import scipy
+
+    from . import _build_info
+
+    blas = "unknown"
+    try:
+        from threadpoolctl import threadpool_info
+
+        from . import _conv  # noqa: F401  (loads scipy's BLAS)
+
+        libs = [f"{i['internal_api']} {i.get('version') or ''} ({i['num_threads']} threads, "
+                f"{i['filepath'].rsplit('/', 1)[-1]})"
+                for i in threadpool_info() if i["user_api"] == "blas"]
+        blas = "; ".join(libs) or "none found"
+    except Exception as exc:  # pragma: no cover - informational only
+        blas = f"unknown ({exc})"
+    return {
+        "cnnx": __version__,
+        "location": __file__.rsplit("/", 1)[0],
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "openmp": (f"yes (OpenMP {_build_info.OPENMP_VERSION})" if _build_info.OPENMP
+                   else "no (kernels run on one thread)"),
+        "debug build": "yes (bounds checks on)" if _build_info.DEBUG_BUILD else "no",
+        "blas": f"scipy.linalg.cython_blas -> {blas}",
+        "threads": f"{get_num_threads()} (set_num_threads / CNNX_NUM_THREADS)",
+    }

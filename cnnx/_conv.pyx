@@ -1,0 +1,363 @@
+"""Convolution kernels (cross-correlation, NCHW), float32 and float64.
+
+Two algorithms compute the same thing::
+
+    y[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, g*C_in_g + c, i*S_h - P_top + u*D_h,
+                                                               j*S_w - P_left + v*D_w]
+
+(``g`` = o's group; taps outside the input count as zero padding).
+
+* ``gemm``: for a tile of output rows of one sample and one group, gather the
+  receptive fields into ``col`` (K = C_in_g*KH*KW rows, one column per output
+  pixel: im2col) and multiply ``w_g (C_out_g x K) @ col`` with BLAS.  The
+  backward pass uses the same tiles: ``grad_w_g += grad_y @ col^T`` and
+  ``grad_col = w_g^T @ grad_y`` scattered back with col2im.  Workspace is one
+  tile per thread, never an im2col buffer for the whole batch.
+* ``direct``: the nested loops of the formula above, for grouped/depthwise and
+  tiny-channel cases where a GEMM has nothing to chew on.
+
+All arguments were validated by ``cnnx.functional``; nothing here raises.
+Arrays are C-contiguous; outputs are allocated by the caller (marked OUT).
+"""
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+from cnnx._kernel_utils cimport valid_range
+
+
+cdef struct Geom:
+    Py_ssize_t N, C_in, H, W, C_out, KH, KW
+    Py_ssize_t stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w
+    Py_ssize_t groups, H_out, W_out
+    Py_ssize_t C_in_g, C_out_g, K, L     # per-group channels, K = C_in_g*KH*KW, L = H_out*W_out
+
+
+cdef Geom make_geom(spec) except *:
+    cdef Geom p
+    p.N, p.C_in, p.H, p.W = spec.N, spec.C_in, spec.H, spec.W
+    p.C_out, p.KH, p.KW = spec.C_out, spec.KH, spec.KW
+    p.stride_h, p.stride_w = spec.stride_h, spec.stride_w
+    p.pad_top, p.pad_left = spec.pad_top, spec.pad_left
+    p.dilation_h, p.dilation_w = spec.dilation_h, spec.dilation_w
+    p.groups, p.H_out, p.W_out = spec.groups, spec.H_out, spec.W_out
+    p.C_in_g = p.C_in // p.groups
+    p.C_out_g = p.C_out // p.groups
+    p.K = p.C_in_g * p.KH * p.KW
+    p.L = p.H_out * p.W_out
+    return p
+
+
+cdef inline bint is_pointwise(const Geom* p) noexcept nogil:
+    """1x1 kernel, stride 1, no padding: x itself is the im2col matrix."""
+    return (p.KH == 1 and p.KW == 1 and p.stride_h == 1 and p.stride_w == 1
+            and p.pad_top == 0 and p.pad_left == 0 and p.H_out == p.H and p.W_out == p.W)
+
+
+cdef inline void gemm(char transa, char transb, int m, int n, int k,
+                      floating alpha, const floating* a, int lda,
+                      const floating* b, int ldb,
+                      floating beta, floating* c, int ldc) noexcept nogil:
+    """Column-major C = alpha*op(A) @ op(B) + beta*C through the BLAS of SciPy."""
+    if floating is float:
+        sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*> a, &lda,
+              <float*> b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(&transa, &transb, &m, &n, &k, &alpha, <double*> a, &lda,
+              <double*> b, &ldb, &beta, c, &ldc)
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im on a tile of output rows [oh0, oh1) of one sample and group
+# ---------------------------------------------------------------------------
+cdef void im2col_tile(const floating* x_g, floating* col, const Geom* p,
+                      Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
+    """col[(c*KH + u)*KW + v, (i-oh0)*W_out + j] = x_g[c, i*S_h - P_top + u*D_h, j*S_w - P_left + v*D_w]."""
+    cdef Py_ssize_t L_tile = (oh1 - oh0) * p.W_out
+    cdef Py_ssize_t c, u, v, i, j, ih, iw_off, j_lo, j_hi
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(p.C_in_g):
+        for u in range(p.KH):
+            for v in range(p.KW):
+                iw_off = v * p.dilation_w - p.pad_left
+                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                dst = col + ((c * p.KH + u) * p.KW + v) * L_tile
+                for i in range(oh0, oh1):
+                    ih = i * p.stride_h - p.pad_top + u * p.dilation_h
+                    if ih < 0 or ih >= p.H:
+                        memset(dst, 0, p.W_out * sizeof(floating))
+                    else:
+                        src = x_g + (c * p.H + ih) * p.W + iw_off
+                        for j in range(j_lo):
+                            dst[j] = 0
+                        if p.stride_w == 1:
+                            memcpy(dst + j_lo, src + j_lo, (j_hi - j_lo) * sizeof(floating))
+                        else:
+                            for j in range(j_lo, j_hi):
+                                dst[j] = src[j * p.stride_w]
+                        for j in range(j_hi, p.W_out):
+                            dst[j] = 0
+                    dst += p.W_out
+
+
+cdef void col2im_tile(const floating* col, floating* gx_g, const Geom* p,
+                      Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
+    """The transpose of im2col_tile: gx_g[c, ih, iw] += col[row, column] (OUT gx_g)."""
+    cdef Py_ssize_t L_tile = (oh1 - oh0) * p.W_out
+    cdef Py_ssize_t c, u, v, i, j, ih, iw_off, j_lo, j_hi
+    cdef const floating* src
+    cdef floating* dst
+    for c in range(p.C_in_g):
+        for u in range(p.KH):
+            for v in range(p.KW):
+                iw_off = v * p.dilation_w - p.pad_left
+                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                src = col + ((c * p.KH + u) * p.KW + v) * L_tile
+                for i in range(oh0, oh1):
+                    ih = i * p.stride_h - p.pad_top + u * p.dilation_h
+                    if 0 <= ih < p.H:
+                        dst = gx_g + (c * p.H + ih) * p.W + iw_off
+                        if p.stride_w == 1:
+                            for j in range(j_lo, j_hi):
+                                dst[j] += src[j]
+                        else:
+                            for j in range(j_lo, j_hi):
+                                dst[j * p.stride_w] += src[j]
+                    src += p.W_out
+
+
+def tile_rows(spec, Py_ssize_t max_elems):
+    """Output rows per tile so that one im2col tile holds about ``max_elems`` values."""
+    cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t per_row = p.K * p.W_out
+    cdef Py_ssize_t rows = max_elems // per_row if per_row > 0 else p.H_out
+    if rows < 1:
+        rows = 1
+    if rows > p.H_out:
+        rows = p.H_out
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# GEMM algorithm
+# ---------------------------------------------------------------------------
+def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                 const floating[::1] bias, bint has_bias,
+                 floating[:, :, :, ::1] y,  # OUT
+                 floating[:, ::1] work,     # scratch: one row of K*rows_per_tile*W_out per thread
+                 spec, Py_ssize_t rows_per_tile, int n_threads):
+    """y = conv2d(x, weight) + bias, one (sample, group, row tile) per work item."""
+    cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
+    cdef Py_ssize_t n_items = p.N * p.groups * n_tiles
+    cdef bint pointwise = is_pointwise(&p)
+    cdef Py_ssize_t item, n, g, t, oh0, oh1, L_tile, o, l
+    cdef floating* col
+    cdef const floating* b_mat
+    cdef int ld_b
+    cdef floating* y_tile
+    cdef floating beta
+    if n_items == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        for item in prange(n_items, schedule="static"):
+            col = &work[threadid(), 0]
+            t = item % n_tiles
+            g = (item // n_tiles) % p.groups
+            n = item // (n_tiles * p.groups)
+            oh0 = t * rows_per_tile
+            oh1 = min(oh0 + rows_per_tile, p.H_out)
+            L_tile = (oh1 - oh0) * p.W_out
+            if pointwise:
+                b_mat = &x[n, g * p.C_in_g, 0, 0] + oh0 * p.W_out
+                ld_b = <int> p.L
+            else:
+                im2col_tile(&x[n, g * p.C_in_g, 0, 0], col, &p, oh0, oh1)
+                b_mat = col
+                ld_b = <int> L_tile
+            y_tile = &y[n, g * p.C_out_g, 0, 0] + oh0 * p.W_out
+            beta = 0
+            if has_bias:
+                beta = 1
+                for o in range(p.C_out_g):
+                    for l in range(L_tile):
+                        y_tile[o * p.L + l] = bias[g * p.C_out_g + o]
+            # row-major y_tile (C_out_g x L_tile) = w_g (C_out_g x K) @ col (K x L_tile)
+            gemm(c"N", c"N", <int> L_tile, <int> p.C_out_g, <int> p.K,
+                 1, b_mat, ld_b, &weight[g * p.C_out_g, 0, 0, 0], <int> p.K,
+                 beta, y_tile, <int> p.L)
+
+
+def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
+                  const floating[:, :, :, ::1] weight,
+                  floating[:, :, :, ::1] grad_x,  # OUT, zero-filled by the caller
+                  floating[:, ::1] grad_w_acc,    # OUT, zero-filled, one grad_weight per thread
+                  floating[:, ::1] work,          # scratch: two tiles (col, grad_col) per thread
+                  spec, Py_ssize_t rows_per_tile, int n_threads):
+    """grad_x and per-thread partial grad_weight of conv2d; one (sample, group) per item.
+
+    Row tiles of one sample overlap in grad_x (neighbouring receptive fields),
+    so a work item owns a whole (sample, group) and walks its tiles in order;
+    each thread accumulates grad_weight in its own row of ``grad_w_acc`` and the
+    caller sums the rows.
+    """
+    cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
+    cdef Py_ssize_t n_items = p.N * p.groups
+    cdef Py_ssize_t tile_size = p.K * rows_per_tile * p.W_out
+    cdef bint pointwise = is_pointwise(&p)
+    cdef Py_ssize_t item, n, g, t, oh0, oh1, L_tile
+    cdef floating* col
+    cdef floating* gcol
+    cdef floating* gw
+    cdef const floating* x_mat
+    cdef const floating* gy
+    cdef const floating* w_g
+    cdef int ld_x
+    if n_items == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        for item in prange(n_items, schedule="static"):
+            col = &work[threadid(), 0]
+            gcol = col + tile_size
+            g = item % p.groups
+            n = item // p.groups
+            gw = &grad_w_acc[threadid(), 0] + g * p.C_out_g * p.K
+            w_g = &weight[g * p.C_out_g, 0, 0, 0]
+            for t in range(n_tiles):
+                oh0 = t * rows_per_tile
+                oh1 = min(oh0 + rows_per_tile, p.H_out)
+                L_tile = (oh1 - oh0) * p.W_out
+                gy = &grad_out[n, g * p.C_out_g, 0, 0] + oh0 * p.W_out
+                if pointwise:
+                    x_mat = &x[n, g * p.C_in_g, 0, 0] + oh0 * p.W_out
+                    ld_x = <int> p.L
+                else:
+                    im2col_tile(&x[n, g * p.C_in_g, 0, 0], col, &p, oh0, oh1)
+                    x_mat = col
+                    ld_x = <int> L_tile
+                # grad_w_g (C_out_g x K) += grad_y (C_out_g x L_tile) @ col^T
+                gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> L_tile,
+                     1, x_mat, ld_x, gy, <int> p.L, 1, gw, <int> p.K)
+                # grad_col (K x L_tile) = w_g^T (K x C_out_g) @ grad_y
+                if pointwise:
+                    gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
+                         1, gy, <int> p.L, w_g, <int> p.K,
+                         0, &grad_x[n, g * p.C_in_g, 0, 0] + oh0 * p.W_out, <int> p.L)
+                else:
+                    gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
+                         1, gy, <int> p.L, w_g, <int> p.K, 0, gcol, <int> L_tile)
+                    col2im_tile(gcol, &grad_x[n, g * p.C_in_g, 0, 0], &p, oh0, oh1)
+
+
+# ---------------------------------------------------------------------------
+# direct algorithm: the formula's loops
+# ---------------------------------------------------------------------------
+def forward_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                   const floating[::1] bias, bint has_bias,
+                   floating[:, :, :, ::1] y,  # OUT
+                   spec, int n_threads):
+    """y[n, o] = b[o] + sum_{c,u,v} w[o,c,u,v] * shifted x[n, g*C_in_g + c]; one (n, o) per item."""
+    cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t n_items = p.N * p.C_out
+    cdef Py_ssize_t item, n, o, g, c, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
+    cdef floating w, b
+    cdef floating* y_plane
+    cdef floating* y_row
+    cdef const floating* x_plane
+    cdef const floating* x_row
+    if n_items == 0:
+        return
+    for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
+        n = item // p.C_out
+        o = item % p.C_out
+        g = o // p.C_out_g
+        y_plane = &y[n, o, 0, 0]
+        b = bias[o] if has_bias else 0
+        for i in range(p.L):
+            y_plane[i] = b
+        for c in range(p.C_in_g):
+            x_plane = &x[n, g * p.C_in_g + c, 0, 0]
+            for u in range(p.KH):
+                valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+                for v in range(p.KW):
+                    iw_off = v * p.dilation_w - p.pad_left
+                    valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                    w = weight[o, c, u, v]
+                    for i in range(i_lo, i_hi):
+                        ih = i * p.stride_h - p.pad_top + u * p.dilation_h
+                        x_row = x_plane + ih * p.W + iw_off
+                        y_row = y_plane + i * p.W_out
+                        for j in range(j_lo, j_hi):
+                            y_row[j] += w * x_row[j * p.stride_w]
+
+
+cdef inline double tap_dot(const floating* gy0, const floating* x0, const Geom* p,
+                          Py_ssize_t ih_off, Py_ssize_t iw_off, Py_ssize_t i_lo, Py_ssize_t i_hi,
+                          Py_ssize_t j_lo, Py_ssize_t j_hi) noexcept nogil:
+    """sum_{n,i,j} grad_y[n, o, i, j] * x[n, c, i*S_h + ih_off, j*S_w + iw_off] (double accumulator)."""
+    cdef double acc = 0
+    cdef Py_ssize_t n, i, j
+    cdef const floating* gy_row
+    cdef const floating* x_row
+    for n in range(p.N):
+        for i in range(i_lo, i_hi):
+            gy_row = gy0 + n * p.C_out * p.L + i * p.W_out
+            x_row = x0 + n * p.C_in * p.H * p.W + (i * p.stride_h + ih_off) * p.W + iw_off
+            for j in range(j_lo, j_hi):
+                acc += gy_row[j] * x_row[j * p.stride_w]
+    return acc
+
+
+def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
+                    const floating[:, :, :, ::1] weight,
+                    floating[:, :, :, ::1] grad_x,        # OUT, zero-filled by the caller
+                    floating[:, :, :, ::1] grad_weight,   # OUT
+                    spec, int n_threads):
+    """grad_x: scatter grad_y*w per (n, input channel); grad_w: one dot product per (o, c)."""
+    cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t item, n, o, g, c, ci, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
+    cdef floating w
+    cdef floating* gx_plane
+    cdef floating* gx_row
+    cdef const floating* gy_plane
+    cdef const floating* gy_row
+    cdef const floating* x_plane
+    cdef const floating* x_row
+    # grad_x[n, ci] = sum over the outputs o of ci's group and taps (u, v)
+    for item in prange(p.N * p.C_in, nogil=True, schedule="static", num_threads=n_threads):
+        n = item // p.C_in
+        ci = item % p.C_in
+        g = ci // p.C_in_g
+        c = ci % p.C_in_g
+        gx_plane = &grad_x[n, ci, 0, 0]
+        for o in range(g * p.C_out_g, (g + 1) * p.C_out_g):
+            gy_plane = &grad_out[n, o, 0, 0]
+            for u in range(p.KH):
+                valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+                for v in range(p.KW):
+                    iw_off = v * p.dilation_w - p.pad_left
+                    valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                    w = weight[o, c, u, v]
+                    for i in range(i_lo, i_hi):
+                        ih = i * p.stride_h - p.pad_top + u * p.dilation_h
+                        gx_row = gx_plane + ih * p.W + iw_off
+                        gy_row = gy_plane + i * p.W_out
+                        for j in range(j_lo, j_hi):
+                            gx_row[j * p.stride_w] += w * gy_row[j]
+    # grad_w[o, c, u, v] = sum_{n,i,j} grad_y[n, o, i, j] * x[n, g*C_in_g + c, ih, iw]
+    for item in prange(p.C_out * p.C_in_g, nogil=True, schedule="static", num_threads=n_threads):
+        o = item // p.C_in_g
+        c = item % p.C_in_g
+        g = o // p.C_out_g
+        for u in range(p.KH):
+            valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+            for v in range(p.KW):
+                iw_off = v * p.dilation_w - p.pad_left
+                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                grad_weight[o, c, u, v] = <floating> tap_dot(
+                    &grad_out[0, o, 0, 0], &x[0, g * p.C_in_g + c, 0, 0], &p,
+                    u * p.dilation_h - p.pad_top, iw_off, i_lo, i_hi, j_lo, j_hi)

@@ -1,0 +1,326 @@
+"""The public ops: validate and normalise arguments, allocate outputs, call the kernels.
+
+Semantics follow ``torch.nn.functional`` (NCHW; a 3-D ``(C, H, W)`` input is an
+unbatched sample).  Every argument check lives in :mod:`cnnx._shapes`, shared
+with :mod:`cnnx.reference`; the compiled kernels in ``_conv``, ``_pool`` and
+``_activations`` assume valid input, release the GIL and never raise.
+
+dtypes: float32 and float64 are computed natively and returned as given;
+float16 is computed in float32 and returned as float16; integer and bool
+arrays are promoted to float64 (as NumPy does with a float).  Inputs are never
+modified and outputs never alias inputs.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from . import _activations, _conv, _pool
+from ._config import get_num_threads, set_num_threads
+from ._shapes import (
+    BLAS_INT_MAX,
+    prepare_avg_pool2d,
+    prepare_avg_pool2d_backward,
+    prepare_conv2d,
+    prepare_conv2d_backward,
+    prepare_max_pool2d,
+    prepare_max_pool2d_backward,
+    prepare_relu,
+    prepare_relu_backward,
+    restore_batch,
+)
+
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "get_num_threads",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "relu",
+    "relu_backward",
+    "set_num_threads",
+]
+
+ALGORITHMS = ("auto", "direct", "gemm")
+
+# One im2col tile holds about this many values (per thread): 1 MiB of float32.
+TILE_ELEMENTS = 1 << 18
+# Below this many multiply-adds a call runs on one thread (thread start-up costs more).
+_PARALLEL_MIN_WORK = 1 << 15
+
+
+def _threads_for(work, items):
+    """Threads for a call doing ``work`` multiply-adds split into ``items`` pieces."""
+    n = get_num_threads()
+    if work < _PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(n, items))
+
+
+def _finish(arr, result_dtype, batched=True):
+    arr = restore_batch(arr, batched)
+    return arr if arr.dtype == result_dtype else arr.astype(result_dtype)
+
+
+# --------------------------------------------------------------------------
+# BLAS threads: one thread inside cnnx's own parallel loops (no oversubscription)
+# --------------------------------------------------------------------------
+_blas_lock = threading.Lock()
+_blas_state = {"controller": None, "users": 0, "limiter": None}
+
+
+def _blas_controller():
+    if _blas_state["controller"] is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_state["controller"] = ThreadpoolController()
+    return _blas_state["controller"]
+
+
+@contextmanager
+def _blas_threads(n):
+    """Run the block with the BLAS libraries limited to ``n`` threads.
+
+    Reference-counted so that concurrent cnnx calls from several Python
+    threads restore the user's setting only when the last one leaves.
+    """
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            _blas_state["limiter"] = _blas_controller().limit(limits=n, user_api="blas")
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
+
+
+# --------------------------------------------------------------------------
+# convolution
+# --------------------------------------------------------------------------
+def _check_algorithm(algorithm):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+
+
+def _choose_algorithm(algorithm, spec):
+    """'direct' where a GEMM has too little to multiply (depthwise, tiny K or C_out)."""
+    if algorithm != "auto":
+        return algorithm
+    C_in_g = spec.C_in // spec.groups
+    C_out_g = spec.C_out // spec.groups
+    K = C_in_g * spec.KH * spec.KW
+    if C_in_g == 1 and C_out_g <= 4:       # depthwise-like
+        return "direct"
+    if K * C_out_g <= 64:                  # a few taps and outputs: loops win
+        return "direct"
+    return "gemm"
+
+
+def _gemm_tiling(spec, n_workspaces):
+    """Rows per im2col tile and the per-thread workspace (a bounded, not whole-batch, buffer)."""
+    C_in_g = spec.C_in // spec.groups
+    C_out_g = spec.C_out // spec.groups
+    K = C_in_g * spec.KH * spec.KW
+    rows = max(1, min(spec.H_out, TILE_ELEMENTS // max(1, K * spec.W_out)))
+    tile = K * rows * spec.W_out
+    if max(K, C_out_g, spec.H_out * spec.W_out, tile) > BLAS_INT_MAX:
+        raise ValueError(
+            f"conv2d: a matrix dimension exceeds the 32-bit BLAS limit ({BLAS_INT_MAX}) for "
+            f"x shape {spec.in_shape} and weight shape ({spec.C_out}, {C_in_g}, {spec.KH}, "
+            f"{spec.KW}); use algorithm='direct'"
+        )
+    return rows, tile * n_workspaces
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto"):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    ``x`` (N, C_in, H, W) or (C_in, H, W); ``weight`` (C_out, C_in/groups, KH, KW);
+    ``bias`` (C_out,) or None.  ``padding`` is an int, a pair, ``'valid'`` or
+    ``'same'`` (stride 1; an odd total padding puts the extra row/column at the
+    bottom/right, as PyTorch).  ``algorithm`` is ``'auto'``, ``'direct'`` or ``'gemm'``.
+
+    Output::
+
+        H_out = floor((H + P_top + P_bottom - D_h*(KH - 1) - 1) / S_h) + 1   (W_out alike)
+        y[n, o, i, j] = bias[o] + sum_{c,u,v} weight[o, c, u, v]
+                        * x[n, g*C_in/groups + c, i*S_h - P_top + u*D_h, j*S_w - P_left + v*D_w]
+    """
+    _check_algorithm(algorithm)
+    x, weight, bias, spec, result = prepare_conv2d(x, weight, bias, stride, padding, dilation,
+                                                   groups)
+    y = np.empty(spec.out_shape, dtype=x.dtype)
+    if spec.N == 0:
+        return _finish(y, result, spec.batched)
+    has_bias = bias is not None
+    b = bias if has_bias else np.empty(0, dtype=x.dtype)
+    algo = _choose_algorithm(algorithm, spec)
+    work = spec.N * spec.C_out * spec.H_out * spec.W_out * (spec.C_in // spec.groups) * spec.KH * spec.KW
+    if algo == "direct":
+        n_threads = _threads_for(work, spec.N * spec.C_out)
+        _conv.forward_direct(x, weight, b, has_bias, y, spec, n_threads)
+    else:
+        rows, _ = _gemm_tiling(spec, 1)
+        n_tiles = -(-spec.H_out // rows)
+        n_threads = _threads_for(work, spec.N * spec.groups * n_tiles)
+        _, ws = _gemm_tiling(spec, 1)
+        scratch = np.empty((n_threads, ws), dtype=x.dtype)
+        with _blas_threads(1 if n_threads > 1 else get_num_threads()):
+            _conv.forward_gemm(x, weight, b, has_bias, y, scratch, spec, rows, n_threads)
+    return _finish(y, result, spec.batched)
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    algorithm="auto"):
+    """Gradients of :func:`conv2d`: returns ``(grad_x, grad_weight, grad_bias)``.
+
+    Backward rule (the forward's sum read the other way round)::
+
+        grad_x[n, c_in, h, w]  = sum over (o, u, v) whose tap lands on (h, w) of
+                                 grad_out[n, o, i, j] * weight[o, c, u, v]
+        grad_weight[o, c, u, v] = sum_{n,i,j} grad_out[n, o, i, j] * x[n, c_in, h(i,u), w(j,v)]
+        grad_bias[o]            = sum_{n,i,j} grad_out[n, o, i, j]
+    """
+    _check_algorithm(algorithm)
+    grad_out, x, weight, spec, result = prepare_conv2d_backward(
+        grad_out, x, weight, stride, padding, dilation, groups)
+    grad_x = np.zeros(x.shape, dtype=x.dtype)
+    grad_b = grad_out.sum(axis=(0, 2, 3))
+    if spec.N == 0:
+        grad_w = np.zeros(weight.shape, dtype=x.dtype)
+    else:
+        algo = _choose_algorithm(algorithm, spec)
+        work = (spec.N * spec.C_out * spec.H_out * spec.W_out
+                * (spec.C_in // spec.groups) * spec.KH * spec.KW)
+        if algo == "direct":
+            grad_w = np.empty(weight.shape, dtype=x.dtype)
+            n_threads = _threads_for(work, spec.N * spec.C_in)
+            _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, spec, n_threads)
+        else:
+            rows, ws = _gemm_tiling(spec, 2)
+            n_threads = _threads_for(work, spec.N * spec.groups)
+            scratch = np.empty((n_threads, ws), dtype=x.dtype)
+            acc = np.zeros((n_threads, weight.size), dtype=x.dtype)
+            with _blas_threads(1 if n_threads > 1 else get_num_threads()):
+                _conv.backward_gemm(grad_out, x, weight, grad_x, acc, scratch, spec, rows,
+                                    n_threads)
+            grad_w = acc.sum(axis=0).reshape(weight.shape) if n_threads > 1 else acc.reshape(weight.shape)
+    return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
+            _finish(grad_b, result))
+
+
+# --------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Max pooling, as ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
+
+    Returns ``(y, indices)``; ``indices`` is int64, the flat position ``h*W + w``
+    of each maximum inside its (n, c) plane (PyTorch's layout).  Padding counts
+    as -inf; ties go to the first element in row-major window order; a NaN
+    wins (value and index); an all -inf window points at its first real tap.
+    ``stride=None`` means ``stride = kernel_size``.
+
+    Output size (textbook: ``(W - F + 2P)/S + 1``)::
+
+        H_out = floor_or_ceil((H + 2P - D*(K - 1) - 1) / S) + 1,
+        minus one if ceil_mode and (H_out - 1)*S >= H + P
+        y[n, c, i, j] = max_{u,v} x[n, c, i*S_h - P_h + u*D_h, j*S_w - P_w + v*D_w]
+    """
+    x, spec, result = prepare_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    y = np.empty(spec.out_shape, dtype=x.dtype)
+    indices = np.empty(spec.out_shape, dtype=np.int64)
+    P = spec.N * spec.C
+    if P:
+        n_threads = _threads_for(y.size * spec.KH * spec.KW, P * spec.H_out)
+        _pool.max_pool_forward(x.reshape(P, spec.H, spec.W), y.reshape(P, spec.H_out, spec.W_out),
+                               indices.reshape(P, spec.H_out, spec.W_out), spec, n_threads)
+    return _finish(y, result, spec.batched), restore_batch(indices, spec.batched)
+
+
+def max_pool2d_backward(grad_out, indices, input_shape):
+    """Gradient of :func:`max_pool2d`: each ``grad_out`` goes to its arg-max.
+
+    ``grad_x[n, c].flat[indices[n, c, i, j]] += grad_out[n, c, i, j]``; every
+    index must lie in ``[0, H*W)`` (IndexError otherwise).
+    """
+    grad_out, indices, shape, batched, result = prepare_max_pool2d_backward(
+        grad_out, indices, input_shape)
+    N, C, H, W = shape
+    grad_x = np.zeros(shape, dtype=grad_out.dtype)
+    P = N * C
+    if P and grad_out.size:
+        L = grad_out.shape[2] * grad_out.shape[3]
+        n_threads = _threads_for(grad_out.size, P)
+        _pool.max_pool_backward(grad_out.reshape(P, L), indices.reshape(P, L),
+                                grad_x.reshape(P, H * W), n_threads)
+    return _finish(grad_x, result, batched)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    ``y[n, c, i, j] = sum(x over the window clipped to the input) / divisor`` with
+    divisor = ``divisor_override`` if given, else the window size counting the
+    padding (``count_include_pad=True``; a ceil_mode overhang past the padding is
+    not counted), else the number of real input elements in the window.
+    Output size as :func:`max_pool2d` with dilation 1.
+    """
+    x, spec, count_pad, divisor, result = prepare_avg_pool2d(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    y = np.empty(spec.out_shape, dtype=x.dtype)
+    P = spec.N * spec.C
+    if P:
+        n_threads = _threads_for(y.size * spec.KH * spec.KW, P * spec.H_out)
+        _pool.avg_pool_forward(x.reshape(P, spec.H, spec.W), y.reshape(P, spec.H_out, spec.W_out),
+                               spec, count_pad, divisor, n_threads)
+    return _finish(y, result, spec.batched)
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """Gradient of :func:`avg_pool2d`: each ``grad_out`` is split evenly (``/ divisor``)
+    over the input elements of its window."""
+    grad_out, spec, count_pad, divisor, result = prepare_avg_pool2d_backward(
+        grad_out, input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+        divisor_override)
+    grad_x = np.zeros(spec.in_shape, dtype=grad_out.dtype)
+    P = spec.N * spec.C
+    if P:
+        n_threads = _threads_for(grad_out.size * spec.KH * spec.KW, P)
+        _pool.avg_pool_backward(grad_out.reshape(P, spec.H_out, spec.W_out),
+                                grad_x.reshape(P, spec.H, spec.W), spec, count_pad, divisor,
+                                n_threads)
+    return _finish(grad_x, result, spec.batched)
+
+
+# --------------------------------------------------------------------------
+# relu
+# --------------------------------------------------------------------------
+def relu(x):
+    """``y = max(x, 0)`` elementwise; NaN stays NaN (as PyTorch)."""
+    x, result = prepare_relu(x)
+    y = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        _activations.relu_forward(x.reshape(-1), y.reshape(-1), _threads_for(x.size, x.size))
+    return _finish(y, result)
+
+
+def relu_backward(grad_out, x):
+    """``grad_x = grad_out where x > 0, else 0`` (derivative 0 at x == 0, as PyTorch)."""
+    grad_out, x, result = prepare_relu_backward(grad_out, x)
+    grad_x = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        _activations.relu_backward(grad_out.reshape(-1), x.reshape(-1), grad_x.reshape(-1),
+                                   _threads_for(x.size, x.size))
+    return _finish(grad_x, result)
