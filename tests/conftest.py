@@ -11,10 +11,17 @@ the same examples again.  A failing example also prints a
 ``@reproduce_failure`` blob.
 """
 
+import os
 import random
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+# make tests/_helpers.py importable (pytest runs with --import-mode=importlib)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
 settings.register_profile(
     "ci",
