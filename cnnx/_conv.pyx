@@ -256,60 +256,98 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
 # ---------------------------------------------------------------------------
 # direct algorithm: the formula's loops
 # ---------------------------------------------------------------------------
+cdef void direct_output_plane(const floating* x_n, const floating* weight, floating b,
+                              floating* y_plane, const Geom* p, Py_ssize_t o) noexcept nogil:
+    """y_plane = b + sum_{c,u,v} w[o,c,u,v] * x_n[g*C_in_g + c] shifted by tap (u, v)."""
+    cdef Py_ssize_t g = o // p.C_out_g
+    cdef Py_ssize_t c, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
+    cdef floating w
+    cdef const floating* x_plane
+    cdef const floating* x_row
+    cdef floating* y_row
+    for i in range(p.L):
+        y_plane[i] = b
+    for c in range(p.C_in_g):
+        x_plane = x_n + (g * p.C_in_g + c) * p.H * p.W
+        for u in range(p.KH):
+            valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+            for v in range(p.KW):
+                iw_off = v * p.dilation_w - p.pad_left
+                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                w = weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v]
+                for i in range(i_lo, i_hi):
+                    ih = i * p.stride_h - p.pad_top + u * p.dilation_h
+                    x_row = x_plane + ih * p.W + iw_off
+                    y_row = y_plane + i * p.W_out
+                    for j in range(j_lo, j_hi):
+                        y_row[j] += w * x_row[j * p.stride_w]
+
+
+cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
+                                  floating* gx_plane, const Geom* p, Py_ssize_t ci) noexcept nogil:
+    """gx_plane[h, w] = sum over outputs o of ci's group and taps (u, v) landing on (h, w)
+    of grad_y[o, i, j] * w[o, c, u, v] (gx_plane zero-filled by the caller)."""
+    cdef Py_ssize_t g = ci // p.C_in_g
+    cdef Py_ssize_t c = ci % p.C_in_g
+    cdef Py_ssize_t o, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
+    cdef floating w
+    cdef const floating* gy_plane
+    cdef const floating* gy_row
+    cdef floating* gx_row
+    for o in range(g * p.C_out_g, (g + 1) * p.C_out_g):
+        gy_plane = gy_n + o * p.L
+        for u in range(p.KH):
+            valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+            for v in range(p.KW):
+                iw_off = v * p.dilation_w - p.pad_left
+                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                w = weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v]
+                for i in range(i_lo, i_hi):
+                    ih = i * p.stride_h - p.pad_top + u * p.dilation_h
+                    gx_row = gx_plane + ih * p.W + iw_off
+                    gy_row = gy_plane + i * p.W_out
+                    for j in range(j_lo, j_hi):
+                        gx_row[j * p.stride_w] += w * gy_row[j]
+
+
+cdef void direct_weight_grad(const floating* grad_out, const floating* x, floating* gw_oc,
+                             const Geom* p, Py_ssize_t o, Py_ssize_t c) noexcept nogil:
+    """gw_oc[u, v] = sum_{n,i,j} grad_y[n, o, i, j] * x[n, g*C_in_g + c, ih, iw] (double sums)."""
+    cdef Py_ssize_t g = o // p.C_out_g
+    cdef Py_ssize_t n, u, v, i, j, ih_off, iw_off, i_lo, i_hi, j_lo, j_hi
+    cdef double acc
+    cdef const floating* gy_row
+    cdef const floating* x_row
+    for u in range(p.KH):
+        ih_off = u * p.dilation_h - p.pad_top
+        valid_range(ih_off, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+        for v in range(p.KW):
+            iw_off = v * p.dilation_w - p.pad_left
+            valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+            acc = 0
+            for n in range(p.N):
+                for i in range(i_lo, i_hi):
+                    gy_row = grad_out + (n * p.C_out + o) * p.L + i * p.W_out
+                    x_row = (x + ((n * p.C_in + g * p.C_in_g + c) * p.H
+                                  + i * p.stride_h + ih_off) * p.W + iw_off)
+                    for j in range(j_lo, j_hi):
+                        acc += gy_row[j] * x_row[j * p.stride_w]
+            gw_oc[u * p.KW + v] = <floating> acc
+
+
 def forward_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, bint has_bias,
                    floating[:, :, :, ::1] y,  # OUT
                    spec, int n_threads):
-    """y[n, o] = b[o] + sum_{c,u,v} w[o,c,u,v] * shifted x[n, g*C_in_g + c]; one (n, o) per item."""
+    """The formula's loops; one output plane (n, o) per work item."""
     cdef Geom p = make_geom(spec)
-    cdef Py_ssize_t n_items = p.N * p.C_out
-    cdef Py_ssize_t item, n, o, g, c, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
-    cdef floating w, b
-    cdef floating* y_plane
-    cdef floating* y_row
-    cdef const floating* x_plane
-    cdef const floating* x_row
-    if n_items == 0:
-        return
-    for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
+    cdef Py_ssize_t item, n, o
+    cdef floating b
+    for item in prange(p.N * p.C_out, nogil=True, schedule="static", num_threads=n_threads):
         n = item // p.C_out
         o = item % p.C_out
-        g = o // p.C_out_g
-        y_plane = &y[n, o, 0, 0]
         b = bias[o] if has_bias else 0
-        for i in range(p.L):
-            y_plane[i] = b
-        for c in range(p.C_in_g):
-            x_plane = &x[n, g * p.C_in_g + c, 0, 0]
-            for u in range(p.KH):
-                valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
-                for v in range(p.KW):
-                    iw_off = v * p.dilation_w - p.pad_left
-                    valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-                    w = weight[o, c, u, v]
-                    for i in range(i_lo, i_hi):
-                        ih = i * p.stride_h - p.pad_top + u * p.dilation_h
-                        x_row = x_plane + ih * p.W + iw_off
-                        y_row = y_plane + i * p.W_out
-                        for j in range(j_lo, j_hi):
-                            y_row[j] += w * x_row[j * p.stride_w]
-
-
-cdef inline double tap_dot(const floating* gy0, const floating* x0, const Geom* p,
-                          Py_ssize_t ih_off, Py_ssize_t iw_off, Py_ssize_t i_lo, Py_ssize_t i_hi,
-                          Py_ssize_t j_lo, Py_ssize_t j_hi) noexcept nogil:
-    """sum_{n,i,j} grad_y[n, o, i, j] * x[n, c, i*S_h + ih_off, j*S_w + iw_off] (double accumulator)."""
-    cdef double acc = 0
-    cdef Py_ssize_t n, i, j
-    cdef const floating* gy_row
-    cdef const floating* x_row
-    for n in range(p.N):
-        for i in range(i_lo, i_hi):
-            gy_row = gy0 + n * p.C_out * p.L + i * p.W_out
-            x_row = x0 + n * p.C_in * p.H * p.W + (i * p.stride_h + ih_off) * p.W + iw_off
-            for j in range(j_lo, j_hi):
-                acc += gy_row[j] * x_row[j * p.stride_w]
-    return acc
+        direct_output_plane(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], b, &y[n, o, 0, 0], &p, o)
 
 
 def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
@@ -317,47 +355,16 @@ def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, 
                     floating[:, :, :, ::1] grad_x,        # OUT, zero-filled by the caller
                     floating[:, :, :, ::1] grad_weight,   # OUT
                     spec, int n_threads):
-    """grad_x: scatter grad_y*w per (n, input channel); grad_w: one dot product per (o, c)."""
+    """grad_x: one input plane (n, c_in) per item; grad_w: one (o, c) filter slice per item."""
     cdef Geom p = make_geom(spec)
-    cdef Py_ssize_t item, n, o, g, c, ci, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
-    cdef floating w
-    cdef floating* gx_plane
-    cdef floating* gx_row
-    cdef const floating* gy_plane
-    cdef const floating* gy_row
-    cdef const floating* x_plane
-    cdef const floating* x_row
-    # grad_x[n, ci] = sum over the outputs o of ci's group and taps (u, v)
+    cdef Py_ssize_t item, n, ci, o, c
     for item in prange(p.N * p.C_in, nogil=True, schedule="static", num_threads=n_threads):
         n = item // p.C_in
         ci = item % p.C_in
-        g = ci // p.C_in_g
-        c = ci % p.C_in_g
-        gx_plane = &grad_x[n, ci, 0, 0]
-        for o in range(g * p.C_out_g, (g + 1) * p.C_out_g):
-            gy_plane = &grad_out[n, o, 0, 0]
-            for u in range(p.KH):
-                valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
-                for v in range(p.KW):
-                    iw_off = v * p.dilation_w - p.pad_left
-                    valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-                    w = weight[o, c, u, v]
-                    for i in range(i_lo, i_hi):
-                        ih = i * p.stride_h - p.pad_top + u * p.dilation_h
-                        gx_row = gx_plane + ih * p.W + iw_off
-                        gy_row = gy_plane + i * p.W_out
-                        for j in range(j_lo, j_hi):
-                            gx_row[j * p.stride_w] += w * gy_row[j]
-    # grad_w[o, c, u, v] = sum_{n,i,j} grad_y[n, o, i, j] * x[n, g*C_in_g + c, ih, iw]
+        direct_input_grad_plane(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_x[n, ci, 0, 0],
+                                &p, ci)
     for item in prange(p.C_out * p.C_in_g, nogil=True, schedule="static", num_threads=n_threads):
         o = item // p.C_in_g
         c = item % p.C_in_g
-        g = o // p.C_out_g
-        for u in range(p.KH):
-            valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
-            for v in range(p.KW):
-                iw_off = v * p.dilation_w - p.pad_left
-                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-                grad_weight[o, c, u, v] = <floating> tap_dot(
-                    &grad_out[0, o, 0, 0], &x[0, g * p.C_in_g + c, 0, 0], &p,
-                    u * p.dilation_h - p.pad_top, iw_off, i_lo, i_hi, j_lo, j_hi)
+        direct_weight_grad(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &grad_weight[o, c, 0, 0],
+                           &p, o, c)

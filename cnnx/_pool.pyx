@@ -132,47 +132,58 @@ cdef inline void avg_window(const PoolGeom* g, Py_ssize_t i, Py_ssize_t j,
     w1[0] = we
 
 
+cdef void avg_pool_row(const floating* x_plane, floating* y_row, const PoolGeom* g,
+                       Py_ssize_t i, bint count_include_pad,
+                       Py_ssize_t divisor_override) noexcept nogil:
+    """One output row i of one plane."""
+    cdef Py_ssize_t j, h0, h1, w0, w1, divisor, ih, iw
+    cdef floating total
+    for j in range(g.W_out):
+        avg_window(g, i, j, count_include_pad, divisor_override, &h0, &h1, &w0, &w1, &divisor)
+        if h0 >= h1 or w0 >= w1:
+            y_row[j] = 0
+            continue
+        total = 0
+        for ih in range(h0, h1):
+            for iw in range(w0, w1):
+                total += x_plane[ih * g.W + iw]
+        y_row[j] = total / divisor
+
+
+cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, const PoolGeom* g,
+                              bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
+    """gx_plane[window of (i, j)] += gy_plane[i, j] / divisor (gx_plane zero-filled)."""
+    cdef Py_ssize_t i, j, h0, h1, w0, w1, divisor, ih, iw
+    cdef floating share
+    for i in range(g.H_out):
+        for j in range(g.W_out):
+            avg_window(g, i, j, count_include_pad, divisor_override, &h0, &h1, &w0, &w1, &divisor)
+            if h0 >= h1 or w0 >= w1:
+                continue
+            share = gy_plane[i * g.W_out + j] / divisor
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    gx_plane[ih * g.W + iw] += share
+
+
 def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
                      floating[:, :, ::1] y,        # OUT (P, H_out, W_out)
                      spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
     """One (plane, output row) per work item."""
     cdef PoolGeom g = make_geom(spec)
-    cdef Py_ssize_t item, p, i, j, h0, h1, w0, w1, divisor, ih, iw
-    cdef floating total
-    cdef const floating* x_plane
+    cdef Py_ssize_t item, p, i
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        x_plane = &x[p, 0, 0]
-        for j in range(g.W_out):
-            avg_window(&g, i, j, count_include_pad, divisor_override, &h0, &h1, &w0, &w1, &divisor)
-            total = 0
-            for ih in range(h0, h1):
-                for iw in range(w0, w1):
-                    total = total + x_plane[ih * g.W + iw]
-            if h0 >= h1 or w0 >= w1:
-                y[p, i, j] = 0
-            else:
-                y[p, i, j] = total / divisor
+        avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &g, i, count_include_pad, divisor_override)
 
 
 def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
                       floating[:, :, ::1] grad_x,          # OUT, zero-filled (P, H, W)
                       spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
-    """grad_x[window of (i, j)] += grad_y[i, j] / divisor; one plane per work item."""
+    """One plane per work item."""
     cdef PoolGeom g = make_geom(spec)
-    cdef Py_ssize_t p, i, j, h0, h1, w0, w1, divisor, ih, iw
-    cdef floating share
-    cdef floating* gx_plane
+    cdef Py_ssize_t p
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
-        gx_plane = &grad_x[p, 0, 0]
-        for i in range(g.H_out):
-            for j in range(g.W_out):
-                avg_window(&g, i, j, count_include_pad, divisor_override,
-                           &h0, &h1, &w0, &w1, &divisor)
-                if h0 >= h1 or w0 >= w1:
-                    continue
-                share = grad_out[p, i, j] / divisor
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        gx_plane[ih * g.W + iw] += share
+        avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, count_include_pad,
+                            divisor_override)
