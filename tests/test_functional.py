@@ -1,0 +1,744 @@
+"""cnnx.functional (the compiled kernels): worked examples, compiled vs reference
+(hypothesis, every option, every conv algorithm, 1 and 2 threads), vs PyTorch,
+numerical gradients, memory layouts, dtypes, empty batches and bad inputs."""
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+
+import _helpers as H
+import cnnx
+from cnnx import functional as Fn
+from cnnx import reference as R
+from cnnx.testing import assert_close, check_gradient, compare_with_reference, tolerances
+
+nan, inf = math.nan, math.inf
+ALGORITHMS = ("direct", "gemm", "auto")
+THREADS = (1, 2)
+DTYPES = st.sampled_from([np.float64, np.float32, np.float32, np.float64, np.float16])
+
+
+@contextmanager
+def num_threads(n):
+    previous = cnnx.set_num_threads(n)
+    try:
+        yield
+    finally:
+        cnnx.set_num_threads(previous)
+
+
+def a(values, dtype=np.float64):
+    return np.array(values, dtype=dtype)
+
+
+def assert_same(x, y, err_msg=""):
+    """Equal shape, dtype and values (NaN meets NaN)."""
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == y.shape and x.dtype == y.dtype, (err_msg, x.shape, y.shape, x.dtype,
+                                                         y.dtype)
+    assert_array_equal(x, y, err_msg=err_msg)
+
+
+# --------------------------------------------------------------------------
+# worked examples (textbook)
+# --------------------------------------------------------------------------
+CONV_X = [[[0, 1, 1, 0, 2], [2, 2, 2, 2, 1], [1, 0, 0, 2, 0], [0, 1, 1, 0, 0], [1, 2, 0, 0, 2]],
+          [[1, 0, 2, 2, 0], [0, 0, 0, 2, 0], [1, 2, 1, 2, 1], [1, 0, 0, 0, 0], [1, 2, 1, 1, 1]],
+          [[2, 1, 2, 0, 0], [1, 0, 0, 1, 0], [0, 2, 1, 0, 1], [0, 1, 2, 2, 2], [2, 1, 0, 0, 1]]]
+CONV_W = [[[[-1, 1, 0], [0, 1, 0], [0, 1, 1]],
+           [[-1, -1, 0], [0, 0, 0], [0, -1, 0]],
+           [[0, 0, -1], [0, 1, 0], [1, -1, -1]]],
+          [[[1, 1, -1], [-1, -1, 1], [0, -1, 1]],
+           [[0, 1, 0], [-1, 0, -1], [-1, 1, 0]],
+           [[-1, 0, 0], [-1, 0, 1], [-1, 0, 0]]]]
+CONV_Y = [[6, 7, 5, 3, -1, -1, 2, -1, 4], [2, -5, -8, 1, -4, -4, 0, -5, -5]]
+POOL_X = [[[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]],
+          [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1], [3, 4, 5, 6]]]
+POOL_G = [[[1, 2], [2, 4]], [[3, 5], [8, 2]]]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_conv_worked_example(algorithm, dtype):
+    y = Fn.conv2d(np.array(CONV_X, dtype), np.array(CONV_W, dtype), np.array([1, 0], dtype),
+                  stride=2, padding=1, algorithm=algorithm)
+    assert y.shape == (2, 3, 3)
+    assert y.dtype == (np.float64 if dtype == np.int64 else dtype)
+    assert_array_equal(y.reshape(2, 9), CONV_Y)
+
+
+def test_max_pool_worked_example():
+    y, idx = Fn.max_pool2d(a(POOL_X), 2, 2)
+    assert_array_equal(y, [[[6, 8], [3, 4]], [[5, 7], [9, 6]]])
+    assert idx.dtype == np.int64
+    assert_array_equal(idx, [[[5, 7], [8, 15]], [[5, 7], [9, 15]]])
+    gx = Fn.max_pool2d_backward(a(POOL_G), idx, (2, 4, 4))
+    assert_array_equal(gx, [[[0, 0, 0, 0], [0, 1, 0, 2], [2, 0, 0, 0], [0, 0, 0, 4]],
+                            [[0, 0, 0, 0], [0, 3, 0, 5], [0, 8, 0, 0], [0, 0, 0, 2]]])
+
+
+def test_small_hand_cases():
+    assert_array_equal(Fn.conv2d(a([[[[1, 2, 3, 4]]]]), a([[[[1, 10]]]]), padding="same"),
+                       [[[[21, 32, 43, 4]]]])
+    assert_array_equal(Fn.avg_pool2d(a([[[[1, 2, 3, 4, 5]]]]), (1, 2), ceil_mode=True),
+                       [[[[1.5, 3.5, 5]]]])
+    y, idx = Fn.max_pool2d(a([[[[nan, 1], [nan, 2]]]]), 2)
+    assert np.isnan(y).all() and idx.item() == 2
+    y, idx = Fn.max_pool2d(np.full((1, 1, 2, 2), -inf), 2, stride=2, padding=1)
+    assert_array_equal(y, np.full((1, 1, 2, 2), -inf))
+    assert_array_equal(idx, [[[[0, 1], [2, 3]]]])
+    assert_array_equal(Fn.relu(a([-1, 0, 2, nan])), [0, 0, 2, nan])
+    assert_array_equal(Fn.relu_backward(a([1, 2, 3, 4]), a([-1, 0, 2, nan])), [0, 0, 3, 4])
+
+
+# --------------------------------------------------------------------------
+# compiled vs reference (hypothesis): every option, algorithm and thread count
+# --------------------------------------------------------------------------
+@given(cfg=H.conv_configs(), dtype=DTYPES)
+def test_conv2d_vs_reference(cfg, dtype):
+    x, w, b = H.conv_arrays(cfg, dtype)
+    expected = R.conv2d(x, w, b, **cfg["kwargs"])
+    for algorithm in ALGORITHMS:
+        for n in THREADS:
+            with num_threads(n):
+                y = Fn.conv2d(x, w, b, algorithm=algorithm, **cfg["kwargs"])
+            assert_close(y, expected, err_msg=f"algorithm={algorithm} threads={n}: ")
+
+
+@given(cfg=H.conv_configs(), dtype=DTYPES)
+def test_conv2d_backward_vs_reference(cfg, dtype):
+    x, w, _ = H.conv_arrays(cfg, dtype)
+    out_shape = R.conv2d(x, w, **cfg["kwargs"]).shape
+    g = H.normal(np.random.default_rng(cfg["seed"] + 1), out_shape, dtype)
+    expected = R.conv2d_backward(g, x, w, **cfg["kwargs"])
+    for algorithm in ALGORITHMS:
+        for n in THREADS:
+            with num_threads(n):
+                got = Fn.conv2d_backward(g, x, w, algorithm=algorithm, **cfg["kwargs"])
+            assert isinstance(got, tuple) and len(got) == 3
+            for name, r, e in zip(("grad_x", "grad_weight", "grad_bias"), got, expected):
+                assert_close(r, e, err_msg=f"{name} algorithm={algorithm} threads={n}: ")
+
+
+@given(cfg=H.pool_configs("max"), dtype=DTYPES)
+def test_max_pool2d_vs_reference(cfg, dtype):
+    rng = np.random.default_rng(cfg["seed"])
+    x = H.with_specials(rng, cfg["x_shape"], dtype, fraction=rng.choice([0.0, 0.1, 0.4]))
+    y_ref, idx_ref = R.max_pool2d(x, **cfg["kwargs"])
+    for n in THREADS:
+        with num_threads(n):
+            y, idx = Fn.max_pool2d(x, **cfg["kwargs"])
+        assert_same(y, y_ref, f"values, threads={n}")          # a max is exact
+        assert_same(idx, idx_ref, f"indices, threads={n}")
+
+
+@given(cfg=H.pool_configs("max"), dtype=DTYPES)
+def test_max_pool2d_backward_vs_reference(cfg, dtype):
+    rng = np.random.default_rng(cfg["seed"])
+    x = H.with_ties(rng, cfg["x_shape"], dtype)
+    _, idx = R.max_pool2d(x, **cfg["kwargs"])
+    g = H.normal(rng, idx.shape, dtype)
+    for n in THREADS:
+        with num_threads(n):
+            compare_with_reference("max_pool2d_backward", g, idx, x.shape)
+
+
+@given(cfg=H.pool_configs("avg"), dtype=DTYPES)
+def test_avg_pool2d_vs_reference(cfg, dtype):
+    x = H.normal(np.random.default_rng(cfg["seed"]), cfg["x_shape"], dtype)
+    for n in THREADS:
+        with num_threads(n):
+            compare_with_reference("avg_pool2d", x, **cfg["kwargs"])
+
+
+@given(cfg=H.pool_configs("avg"), dtype=DTYPES)
+def test_avg_pool2d_backward_vs_reference(cfg, dtype):
+    rng = np.random.default_rng(cfg["seed"])
+    x_shape = cfg["x_shape"]
+    g = H.normal(rng, R.avg_pool2d(np.zeros(x_shape), **cfg["kwargs"]).shape, dtype)
+    for n in THREADS:
+        with num_threads(n):
+            compare_with_reference("avg_pool2d_backward", g, x_shape, **cfg["kwargs"])
+
+
+@given(shape=st.lists(st.integers(0, 5), min_size=1, max_size=4), seed=st.integers(0, 2**32 - 1),
+       dtype=DTYPES)
+def test_relu_vs_reference(shape, seed, dtype):
+    rng = np.random.default_rng(seed)
+    x = H.with_specials(rng, tuple(shape), dtype)
+    g = H.normal(rng, x.shape, dtype)
+    for n in THREADS:
+        with num_threads(n):
+            y, _ = compare_with_reference("relu", x)
+            assert_same(y, R.relu(x))
+            gx, _ = compare_with_reference("relu_backward", g, x)
+            assert_same(gx, R.relu_backward(g, x))
+
+
+# Tiny shapes stay on one thread (cnnx only goes parallel above a work threshold):
+# these medium sizes make the 2-thread paths (and the per-thread reductions) run.
+MEDIUM_CONV = [
+    dict(x=(2, 8, 12, 12), w=(8, 8, 3, 3), kwargs=dict(padding=1)),
+    dict(x=(2, 8, 14, 13), w=(6, 4, 2, 3), kwargs=dict(stride=(2, 1), groups=2, dilation=(1, 2))),
+    dict(x=(2, 8, 24, 24), w=(8, 1, 3, 3), kwargs=dict(padding="same", groups=8)),
+]
+
+
+@pytest.mark.parametrize("case", MEDIUM_CONV, ids=["dense", "grouped", "depthwise"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_medium_threads_1_and_2_vs_reference(case, dtype):
+    rng = np.random.default_rng(7)
+    x, w = H.normal(rng, case["x"], dtype), H.normal(rng, case["w"], dtype)
+    b = H.normal(rng, (case["w"][0],), dtype)
+    y_ref = R.conv2d(x, w, b, **case["kwargs"])
+    g = H.normal(rng, y_ref.shape, dtype)
+    grads_ref = R.conv2d_backward(g, x, w, **case["kwargs"])
+    for algorithm in ALGORITHMS:
+        for n in THREADS:
+            with num_threads(n):
+                assert_close(Fn.conv2d(x, w, b, algorithm=algorithm, **case["kwargs"]), y_ref,
+                             err_msg=f"{algorithm} threads={n}: ")
+                grads = Fn.conv2d_backward(g, x, w, algorithm=algorithm, **case["kwargs"])
+            for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads, grads_ref):
+                assert_close(r, e, err_msg=f"{name} {algorithm} threads={n}: ")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pool_and_relu_medium_threads_1_and_2_vs_reference(dtype):
+    rng = np.random.default_rng(8)
+    x = H.with_specials(rng, (2, 8, 48, 48), dtype, fraction=0.05)
+    y_ref, idx_ref = R.max_pool2d(x, 3, stride=1, padding=1)
+    g = H.normal(rng, y_ref.shape, dtype)
+    gmax_ref = R.max_pool2d_backward(g, idx_ref, x.shape)
+    xs = H.normal(rng, x.shape, dtype)
+    avg_ref = R.avg_pool2d(xs, 3, stride=1, padding=1, count_include_pad=False)
+    gavg_ref = R.avg_pool2d_backward(g, x.shape, 3, stride=1, padding=1, count_include_pad=False)
+    relu_ref, grelu_ref = R.relu(x), R.relu_backward(xs, x)
+    for n in THREADS:
+        with num_threads(n):
+            y, idx = Fn.max_pool2d(x, 3, stride=1, padding=1)
+            assert_same(y, y_ref, f"threads={n}")
+            assert_same(idx, idx_ref, f"threads={n}")
+            assert_close(Fn.max_pool2d_backward(g, idx_ref, x.shape), gmax_ref)
+            assert_close(Fn.avg_pool2d(xs, 3, stride=1, padding=1, count_include_pad=False),
+                         avg_ref)
+            assert_close(Fn.avg_pool2d_backward(g, x.shape, 3, stride=1, padding=1,
+                                                count_include_pad=False), gavg_ref)
+            assert_same(Fn.relu(x), relu_ref)
+            assert_same(Fn.relu_backward(xs, x), grelu_ref)
+
+
+def test_set_num_threads_roundtrip():
+    before = cnnx.get_num_threads()
+    with num_threads(2):
+        assert cnnx.get_num_threads() == 2
+        with num_threads(1):
+            assert cnnx.get_num_threads() == 1
+        assert cnnx.get_num_threads() == 2
+    assert cnnx.get_num_threads() == before
+    with pytest.raises(ValueError, match="positive"):
+        cnnx.set_num_threads(0)
+    with pytest.raises(TypeError, match="positive int"):
+        cnnx.set_num_threads(1.5)
+    assert cnnx.get_num_threads() == before
+
+
+# --------------------------------------------------------------------------
+# vs PyTorch
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+TORCH_DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def assert_vs_torch(got, expected, err_msg=""):
+    assert got.shape == expected.shape, (err_msg, got.shape, expected.shape)
+    assert got.dtype == expected.dtype, (err_msg, got.dtype, expected.dtype)
+    if got.dtype == np.float64:
+        rtol, atol = 1e-10, 1e-12 * max(1.0, float(np.max(np.abs(expected), initial=0)))
+    else:
+        rtol, atol = tolerances(np.float32, expected)
+    assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
+@given(cfg=H.conv_configs(), dtype=TORCH_DTYPES)
+def test_conv2d_and_backward_vs_torch(torch, cfg, dtype):
+    x, w, b = H.conv_arrays(cfg, dtype)
+    y_t = H.torch_conv2d(x, w, b, **cfg["kwargs"])
+    g = H.normal(np.random.default_rng(cfg["seed"] + 1), y_t.shape, dtype)
+    grads_t = H.torch_conv2d_backward(g, x, w, **cfg["kwargs"])
+    for algorithm in ALGORITHMS:
+        assert_vs_torch(Fn.conv2d(x, w, b, algorithm=algorithm, **cfg["kwargs"]), y_t, algorithm)
+        grads = Fn.conv2d_backward(g, x, w, algorithm=algorithm, **cfg["kwargs"])
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads, grads_t):
+            assert_vs_torch(r, e, f"{name} {algorithm}")
+
+
+@given(cfg=H.pool_configs("max"), dtype=TORCH_DTYPES)
+def test_max_pool2d_and_backward_vs_torch(torch, cfg, dtype):
+    rng = np.random.default_rng(cfg["seed"])
+    x = H.with_specials(rng, cfg["x_shape"], dtype, fraction=rng.choice([0.0, 0.1, 0.5]))
+    y_t, idx_t = H.torch_max_pool2d(x, **cfg["kwargs"])
+    y, idx = Fn.max_pool2d(x, **cfg["kwargs"])
+    assert_same(y, y_t, "values")                  # exactly, NaN and +-inf included
+    assert_same(idx, idx_t, "indices")
+    g = H.normal(rng, y.shape, dtype)
+    assert_vs_torch(Fn.max_pool2d_backward(g, idx, x.shape),
+                    H.torch_max_pool2d_backward(g, x, **cfg["kwargs"]))
+
+
+@given(cfg=H.pool_configs("avg"), dtype=TORCH_DTYPES)
+def test_avg_pool2d_and_backward_vs_torch(torch, cfg, dtype):
+    rng = np.random.default_rng(cfg["seed"])
+    x = H.normal(rng, cfg["x_shape"], dtype)
+    y_t = H.torch_avg_pool2d(x, **cfg["kwargs"])
+    assert_vs_torch(Fn.avg_pool2d(x, **cfg["kwargs"]), y_t)
+    g = H.normal(rng, y_t.shape, dtype)
+    assert_vs_torch(Fn.avg_pool2d_backward(g, x.shape, **cfg["kwargs"]),
+                    H.torch_avg_pool2d_backward(g, x, **cfg["kwargs"]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_nan_inf_vs_torch(torch, dtype):
+    rng = np.random.default_rng(3)
+    x = H.with_specials(rng, (2, 3, 5, 4), dtype, fraction=0.5)
+    x.flat[:4] = [0.0, -0.0, nan, -inf]
+    g = H.normal(rng, x.shape, dtype)
+    assert_same(Fn.relu(x), H.torch_relu(x))
+    assert_same(Fn.relu_backward(g, x), H.torch_relu_backward(g, x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_nan_inf_propagation_vs_torch(torch, dtype):
+    x = np.array([[[[nan, 1, -inf, -inf, inf, 2],
+                    [2, nan, -inf, -inf, nan, inf],
+                    [-inf, -inf, 3, 3, 0, 0],
+                    [-inf, -inf, 3, 3, -0.0, 0]]]], dtype=dtype)
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1),
+               dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1), ceil_mode=True)):
+        y, idx = Fn.max_pool2d(x, **kw)
+        y_t, idx_t = H.torch_max_pool2d(x, **kw)
+        assert_same(y, y_t, str(kw))
+        assert_same(idx, idx_t, str(kw))
+        g = np.arange(1, y.size + 1, dtype=dtype).reshape(y.shape)
+        assert_same(Fn.max_pool2d_backward(g, idx, x.shape),
+                    H.torch_max_pool2d_backward(g, x, **kw))
+    y, idx = Fn.max_pool2d(x, 2)
+    # last NaN of the first window wins; a window of -inf points at its first element
+    assert idx[0, 0, 0, 0] == 7 and np.isnan(y[0, 0, 0, 0])
+    assert idx[0, 0, 1, 0] == 12 and y[0, 0, 1, 0] == -inf
+
+
+# --------------------------------------------------------------------------
+# numerical gradients (float64, compiled backward vs central differences)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("kwargs", [
+    dict(stride=2, padding=1),
+    dict(stride=(1, 2), padding=(2, 0), dilation=(2, 1), groups=2),
+    dict(padding="same", dilation=2),
+], ids=["strided", "grouped-dilated", "same"])
+def test_conv2d_backward_numerical(algorithm, kwargs):
+    rng = np.random.default_rng(11)
+    x, w, b = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 1 if "groups" in kwargs
+                                                                    else 2, 3, 2)), \
+        rng.standard_normal(2)
+    y = Fn.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    g = rng.standard_normal(y.shape)
+    gx, gw, gb = Fn.conv2d_backward(g, x, w, algorithm=algorithm, **kwargs)
+    check_gradient(lambda x_: Fn.conv2d(x_, w, b, algorithm=algorithm, **kwargs), x, gx,
+                   grad_out=g)
+    check_gradient(lambda w_: Fn.conv2d(x, w_, b, algorithm=algorithm, **kwargs), w, gw,
+                   grad_out=g)
+    check_gradient(lambda b_: Fn.conv2d(x, w, b_, algorithm=algorithm, **kwargs), b, gb,
+                   grad_out=g)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=(2, 3), stride=1, dilation=(2, 1)),
+])
+def test_max_pool2d_backward_numerical(kwargs):
+    rng = np.random.default_rng(12)
+    # distinct, well separated values: the arg-max does not move under +-eps
+    x = (rng.permutation(2 * 3 * 6 * 5) * 0.1).reshape(2, 3, 6, 5)
+    y, idx = Fn.max_pool2d(x, **kwargs)
+    g = rng.standard_normal(y.shape)
+    check_gradient(lambda x_: Fn.max_pool2d(x_, **kwargs)[0], x,
+                   Fn.max_pool2d_backward(g, idx, x.shape), grad_out=g)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1), divisor_override=5),
+])
+def test_avg_pool2d_backward_numerical(kwargs):
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 3, 6, 5))
+    g = rng.standard_normal(Fn.avg_pool2d(x, **kwargs).shape)
+    check_gradient(lambda x_: Fn.avg_pool2d(x_, **kwargs), x,
+                   Fn.avg_pool2d_backward(g, x.shape, **kwargs), grad_out=g)
+
+
+def test_relu_backward_numerical():
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 3, 4, 4))
+    x[np.abs(x) < 1e-3] = 0.5                    # stay away from the kink
+    g = rng.standard_normal(x.shape)
+    check_gradient(Fn.relu, x, Fn.relu_backward(g, x), grad_out=g)
+
+
+def test_check_gradient_detects_a_wrong_gradient():
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((1, 1, 4, 4))
+    g = rng.standard_normal((1, 1, 2, 2))
+    wrong = Fn.avg_pool2d_backward(g, x.shape, 2) * 1.01
+    with pytest.raises(AssertionError):
+        check_gradient(lambda x_: Fn.avg_pool2d(x_, 2), x, wrong, grad_out=g)
+
+
+# --------------------------------------------------------------------------
+# memory layouts: same results, inputs never modified
+# --------------------------------------------------------------------------
+def _strided(arr):
+    big = np.zeros(arr.shape[:-1] + (2 * arr.shape[-1],), dtype=arr.dtype) if arr.ndim else None
+    if big is None:
+        return arr
+    big[..., ::2] = arr
+    return big[..., ::2]
+
+
+def _negative(arr):
+    if arr.ndim == 0:
+        return arr
+    flipped = np.ascontiguousarray(arr[..., ::-1])
+    return flipped[..., ::-1]
+
+
+def _readonly(arr):
+    out = arr.copy()
+    out.flags.writeable = False
+    return out
+
+
+LAYOUTS = {
+    "fortran": np.asfortranarray,
+    "strided": _strided,
+    "negative": _negative,
+    "readonly": _readonly,
+    "transposed-view": lambda arr: np.ascontiguousarray(arr.T).T if arr.ndim > 1 else arr,
+}
+
+
+def _op_cases():
+    rng = np.random.default_rng(21)
+    x = H.with_ties(rng, (2, 4, 6, 5)) + rng.standard_normal((2, 4, 6, 5)) * 0.01
+    w = rng.standard_normal((4, 2, 3, 2))
+    b = rng.standard_normal(4)
+    y = Fn.conv2d(x, w, b, padding=1, groups=2)
+    gy = rng.standard_normal(y.shape)
+    _, idx = Fn.max_pool2d(x, 2, stride=1)
+    gp = rng.standard_normal(idx.shape)
+    ga = rng.standard_normal(Fn.avg_pool2d(x, 3, stride=2, padding=1).shape)
+    cases = []
+    for algorithm in ALGORITHMS:
+        cases.append((f"conv2d-{algorithm}",
+                      lambda x, w, b, algorithm=algorithm: Fn.conv2d(
+                          x, w, b, padding=1, groups=2, algorithm=algorithm), (x, w, b)))
+        cases.append((f"conv2d_backward-{algorithm}",
+                      lambda g, x, w, algorithm=algorithm: Fn.conv2d_backward(
+                          g, x, w, padding=1, groups=2, algorithm=algorithm), (gy, x, w)))
+    cases += [
+        ("max_pool2d", lambda x: Fn.max_pool2d(x, 2, stride=1), (x,)),
+        ("max_pool2d_backward", lambda g, i: Fn.max_pool2d_backward(g, i, x.shape), (gp, idx)),
+        ("avg_pool2d", lambda x: Fn.avg_pool2d(x, 3, stride=2, padding=1), (x,)),
+        ("avg_pool2d_backward",
+         lambda g: Fn.avg_pool2d_backward(g, x.shape, 3, stride=2, padding=1), (ga,)),
+        ("relu", Fn.relu, (x - 0.5,)),
+        ("relu_backward", Fn.relu_backward, (gy, y)),
+        ("unbatched-depthwise-conv2d", lambda x, w: Fn.conv2d(x, w, stride=2, groups=4),
+         (x[0], w[:, :1].copy())),
+    ]
+    return cases
+
+
+OP_CASES = _op_cases()
+
+
+def _as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("name, op, args", OP_CASES, ids=[c[0] for c in OP_CASES])
+def test_layouts_give_same_result_and_inputs_unchanged(name, op, args, layout):
+    expected = _as_tuple(op(*args))
+    transformed = [LAYOUTS[layout](arg) for arg in args]
+    if layout != "readonly":
+        assert not all(t.flags.c_contiguous for t in transformed if t.ndim > 1)
+    before = [t.copy() for t in transformed]
+    got = _as_tuple(op(*transformed))
+    for r, e in zip(got, expected):
+        assert_same(r, e, f"{name} {layout}")
+        assert r.flags.writeable
+        assert not any(np.shares_memory(r, t) for t in transformed)
+    for t, t0 in zip(transformed, before):
+        assert_same(t, t0, "input modified")
+
+
+@pytest.mark.parametrize("name, op, args", OP_CASES, ids=[c[0] for c in OP_CASES])
+def test_contiguous_inputs_unchanged_and_outputs_fresh(name, op, args):
+    before = [arg.copy() for arg in args]
+    results = _as_tuple(op(*args))
+    for arg, arg0 in zip(args, before):
+        assert_same(arg, arg0, "input modified")
+    for r in results:
+        assert not any(np.shares_memory(r, arg) for arg in args)
+
+
+# --------------------------------------------------------------------------
+# empty batch, dtypes
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_empty_batch(algorithm):
+    w = np.ones((3, 2, 3, 3))
+    x = np.zeros((0, 2, 6, 5))
+    y = Fn.conv2d(x, w, np.ones(3), stride=2, padding=1, algorithm=algorithm)
+    assert y.shape == (0, 3, 3, 3) and y.dtype == np.float64
+    gx, gw, gb = Fn.conv2d_backward(np.zeros(y.shape), x, w, stride=2, padding=1,
+                                    algorithm=algorithm)
+    assert gx.shape == x.shape
+    assert_same(gw, np.zeros_like(w))
+    assert_same(gb, np.zeros(3))
+    y, idx = Fn.max_pool2d(x, 2, ceil_mode=True)
+    assert y.shape == idx.shape == (0, 2, 3, 3) and idx.dtype == np.int64
+    assert Fn.max_pool2d_backward(y, idx, x.shape).shape == x.shape
+    ya = Fn.avg_pool2d(x.astype(np.float32), 3, stride=2, padding=1)
+    assert ya.shape == (0, 2, 3, 3) and ya.dtype == np.float32
+    assert Fn.avg_pool2d_backward(ya, x.shape, 3, stride=2, padding=1).shape == x.shape
+    assert Fn.relu(x).shape == x.shape
+
+
+def test_empty_batch_shapes_like_torch(torch):
+    x = np.zeros((0, 2, 6, 5))
+    w = np.ones((3, 2, 3, 3))
+    assert Fn.conv2d(x, w, padding=1).shape == H.torch_conv2d(x, w, None, padding=1).shape
+    assert (Fn.max_pool2d(x, 2, ceil_mode=True)[0].shape
+            == H.torch_max_pool2d(x, kernel_size=2, ceil_mode=True)[0].shape)
+    assert Fn.avg_pool2d(x, 3, 2, 1).shape == H.torch_avg_pool2d(x, kernel_size=3, stride=2,
+                                                                  padding=1).shape
+
+
+@pytest.mark.parametrize("dtype, expected", [
+    (np.float32, np.float32), (np.float64, np.float64), (np.float16, np.float16),
+    (np.int8, np.float64), (np.int32, np.float64), (np.int64, np.float64),
+    (np.uint16, np.float64), (np.bool_, np.float64),
+])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_dtypes(dtype, expected, algorithm):
+    rng = np.random.default_rng(31)
+    x = rng.integers(0, 2, size=(2, 2, 5, 5)).astype(dtype)
+    w = rng.integers(0, 2, size=(3, 2, 2, 2)).astype(dtype)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y = Fn.conv2d(x, w, algorithm=algorithm)
+    assert y.dtype == expected
+    assert_array_equal(y, R.conv2d(x64, w64))               # small integers: exact
+    gx, gw, gb = Fn.conv2d_backward(y.astype(dtype) if dtype != np.bool_ else y > 1, x, w,
+                                    algorithm=algorithm)
+    assert gx.dtype == gw.dtype == gb.dtype == expected
+    yp, idx = Fn.max_pool2d(x, 2)
+    assert yp.dtype == expected and idx.dtype == np.int64
+    assert_same(idx, R.max_pool2d(x64, 2)[1])
+    assert_array_equal(yp, R.max_pool2d(x64, 2)[0])
+    assert Fn.max_pool2d_backward(yp, idx, x.shape).dtype == expected
+    ya = Fn.avg_pool2d(x, 2)
+    assert ya.dtype == expected
+    assert_array_equal(ya, R.avg_pool2d(x64, 2))             # quarters: exact
+    assert Fn.avg_pool2d_backward(ya, x.shape, 2).dtype == expected
+    yr = Fn.relu(x)
+    assert yr.dtype == expected
+    assert_array_equal(yr, x64)
+    assert Fn.relu_backward(x, x).dtype == expected
+
+
+def test_mixed_dtypes_promote():
+    x32 = np.ones((1, 1, 3, 3), np.float32)
+    assert Fn.conv2d(x32, np.ones((1, 1, 2, 2), np.float64)).dtype == np.float64
+    assert Fn.conv2d(x32, np.ones((1, 1, 2, 2), np.float32)).dtype == np.float32
+    y = Fn.conv2d(x32, np.ones((1, 1, 2, 2), np.float32), np.ones(1, np.int64))
+    assert y.dtype == np.float64
+    assert_array_equal(y, np.full((1, 1, 2, 2), 5.0))
+
+
+@pytest.mark.xfail(strict=True, reason="lead-side: _shapes.prepare_relu uses "
+                   "np.ascontiguousarray, which turns a 0-d array into shape (1,); "
+                   "torch.relu and NumPy ufuncs keep 0-d")
+def test_relu_keeps_0d_shape():
+    assert Fn.relu(np.array(-3.0)).shape == ()
+    assert Fn.relu_backward(np.array(1.0), np.array(3.0)).shape == ()
+
+
+# --------------------------------------------------------------------------
+# bad inputs: same errors from the compiled path and the reference
+# --------------------------------------------------------------------------
+X = np.zeros((1, 2, 5, 5))
+W = np.zeros((3, 2, 3, 3))
+G_CONV = np.zeros((1, 3, 3, 3))
+G_POOL = np.zeros((1, 2, 2, 2))
+IDX = np.zeros((1, 2, 2, 2), dtype=np.int64)
+
+
+def _idx(value):
+    idx = IDX.copy()
+    idx[0, 1, 1, 0] = value
+    return idx
+
+
+BAD = [
+    # (op, args, kwargs, exception, match)
+    ("conv2d", (np.zeros((2, 5, 5, 1, 1)), W), {}, ValueError, r"x must be 3-D or 4-D"),
+    ("conv2d", (np.zeros((5, 5)), W), {}, ValueError, r"x must be 3-D or 4-D .* got 2-D"),
+    ("conv2d", (X, np.zeros((3, 2, 3))), {}, ValueError, r"weight must be 4-D"),
+    ("conv2d", (np.zeros((1, 3, 5, 5)), W), {}, ValueError, r"x has 3 channels but weight"),
+    ("conv2d", (X, np.zeros((3, 1, 3, 3))), dict(groups=2), ValueError,
+     r"out_channels \(3\) must be divisible by groups \(2\)"),
+    ("conv2d", (np.zeros((1, 4, 5, 5)), np.zeros((4, 1, 3, 3))), dict(groups=2), ValueError,
+     r"x has 4 channels .* groups=2 expects 2"),
+    ("conv2d", (X, W), dict(groups=0), ValueError, r"groups must be a positive int"),
+    ("conv2d", (X, W), dict(groups=1.0), TypeError, r"groups must be an int"),
+    ("conv2d", (X, W, np.zeros(2)), {}, ValueError, r"bias must have shape \(3,\)"),
+    ("conv2d", (X, W, np.zeros((3, 1))), {}, ValueError, r"bias must have shape \(3,\)"),
+    ("conv2d", (np.zeros((1, 2, 2, 2)), W), {}, ValueError,
+     r"kernel is larger than the padded input"),
+    ("conv2d", (X, W), dict(dilation=3), ValueError, r"kernel is larger than the padded input"),
+    ("conv2d", (X, W), dict(stride=0), ValueError, r"stride must be positive"),
+    ("conv2d", (X, W), dict(stride=(1, -1)), ValueError, r"stride must be positive"),
+    ("conv2d", (X, W), dict(dilation=0), ValueError, r"dilation must be positive"),
+    ("conv2d", (X, W), dict(padding=-1), ValueError, r"padding must be non-negative"),
+    ("conv2d", (X, W), dict(padding=(0, -2)), ValueError, r"padding must be non-negative"),
+    ("conv2d", (X, W), dict(stride=(1, 2, 3)), ValueError,
+     r"stride must be an int or a pair of ints, got a sequence of length 3"),
+    ("conv2d", (X, W), dict(padding=()), ValueError, r"padding must be .* length 0"),
+    ("conv2d", (X, W), dict(stride=1.5), TypeError, r"stride must be an int or a pair of ints"),
+    ("conv2d", (X, W), dict(stride=(1, 2.0)), TypeError, r"stride must be an int"),
+    ("conv2d", (X, W), dict(dilation="2"), TypeError, r"dilation must be an int"),
+    ("conv2d", (X, W), dict(stride=True), TypeError, r"stride must be an int"),
+    ("conv2d", (X, W), dict(padding="full"), ValueError,
+     r"padding must be an int, a pair, 'same' or 'valid'"),
+    ("conv2d", (X, W), dict(padding="same", stride=2), ValueError,
+     r"padding='same' is not supported for strided convolutions"),
+    ("conv2d", (np.zeros((1, 2, 0, 5)), W), {}, ValueError, r"non-zero channels, height"),
+    ("conv2d", (X.astype(complex), W), {}, TypeError, r"x must have a real numeric dtype"),
+    ("conv2d", (X, W.astype(object)), {}, TypeError, r"weight must have a real numeric dtype"),
+    ("conv2d", (X, W, np.array(["a", "b", "c"])), {}, TypeError,
+     r"bias must have a real numeric dtype"),
+    ("conv2d", (None, W), {}, TypeError, r"x must be an array"),
+    ("conv2d_backward", (np.zeros((1, 3, 3, 4)), X, W), {}, ValueError,
+     r"grad_out must have the shape of conv2d's output \(1, 3, 3, 3\)"),
+    ("conv2d_backward", (G_CONV, X, W), dict(stride=0), ValueError, r"stride must be positive"),
+    ("conv2d_backward", (G_CONV.astype(complex), X, W), {}, TypeError,
+     r"grad_out must have a real numeric dtype"),
+    ("max_pool2d", (np.zeros((5, 5)), 2), {}, ValueError, r"x must be 3-D or 4-D"),
+    ("max_pool2d", (X, 0), {}, ValueError, r"kernel_size must be positive"),
+    ("max_pool2d", (X, (2, -1)), {}, ValueError, r"kernel_size must be positive"),
+    ("max_pool2d", (X, 2), dict(stride=0), ValueError, r"stride must be positive"),
+    ("max_pool2d", (X, 2), dict(dilation=0), ValueError, r"dilation must be positive"),
+    ("max_pool2d", (X, 2), dict(padding=-1), ValueError, r"padding must be non-negative"),
+    ("max_pool2d", (X, 2), dict(padding=2), ValueError,
+     r"padding should be at most half of kernel_size"),
+    ("max_pool2d", (X, (3, 2)), dict(padding=(1, 2)), ValueError,
+     r"padding should be at most half of kernel_size"),
+    ("max_pool2d", (X, 6), {}, ValueError, r"output size is too small"),
+    ("max_pool2d", (X, (2, 2, 2)), {}, ValueError, r"kernel_size must be an int or a pair"),
+    ("max_pool2d", (X, 2.0), {}, TypeError, r"kernel_size must be an int"),
+    ("max_pool2d", (X, "2"), {}, TypeError, r"kernel_size must be an int"),
+    ("max_pool2d", (X, 2), dict(ceil_mode="yes"), TypeError, r"ceil_mode must be a bool"),
+    ("max_pool2d", (np.zeros((1, 1, 1, 3)), (2, 1)), dict(stride=1, padding=(1, 0),
+                                                         dilation=(2, 1)),
+     ValueError, r"lies entirely in the padding"),
+    ("max_pool2d", (X.astype(np.complex64), 2), {}, TypeError, r"real numeric dtype"),
+    ("max_pool2d", (np.array([[["a"]]]), 1), {}, TypeError, r"real numeric dtype"),
+    ("max_pool2d_backward", (G_POOL, IDX, (1, 2, 4, 4, 1)), {}, ValueError,
+     r"input_shape must have 3 or 4 entries"),
+    ("max_pool2d_backward", (G_POOL, IDX, "1245"), {}, TypeError, r"input_shape must be a tuple"),
+    ("max_pool2d_backward", (G_POOL, IDX, (1, 2, 4.0, 4)), {}, TypeError,
+     r"input_shape must be an int"),
+    ("max_pool2d_backward", (G_POOL, IDX[0], (1, 2, 4, 4)), {}, ValueError,
+     r"indices must have grad_out's shape"),
+    ("max_pool2d_backward", (G_POOL[0], IDX[0], (1, 2, 4, 4)), {}, ValueError,
+     r"grad_out must be 4-D to match input_shape"),
+    ("max_pool2d_backward", (G_POOL, IDX, (1, 3, 4, 4)), {}, ValueError,
+     r"do not match input_shape"),
+    ("max_pool2d_backward", (G_POOL, _idx(16), (1, 2, 4, 4)), {}, IndexError,
+     r"indices out of range: found 16, .* \[0, 16\)"),
+    ("max_pool2d_backward", (G_POOL, _idx(-1), (1, 2, 4, 4)), {}, IndexError,
+     r"indices out of range: found -1"),
+    ("max_pool2d_backward", (G_POOL, IDX.astype(float), (1, 2, 4, 4)), {}, TypeError,
+     r"indices must be an integer array"),
+    ("max_pool2d_backward", (G_POOL.astype(object), IDX, (1, 2, 4, 4)), {}, TypeError,
+     r"grad_out must have a real numeric dtype"),
+    ("avg_pool2d", (X, 2), dict(divisor_override=0), ValueError,
+     r"divisor_override must not be zero"),
+    ("avg_pool2d", (X, 2), dict(divisor_override=1.5), TypeError, r"divisor_override must be"),
+    ("avg_pool2d", (X, 2), dict(padding=2), ValueError, r"padding should be at most half"),
+    ("avg_pool2d", (X, 0), {}, ValueError, r"kernel_size must be positive"),
+    ("avg_pool2d", (X, 2), dict(count_include_pad="no"), TypeError,
+     r"count_include_pad must be a bool"),
+    ("avg_pool2d", (X, [2, 2, 2]), {}, ValueError, r"kernel_size must be an int or a pair"),
+    ("avg_pool2d", (X, 2), dict(stride="1"), TypeError, r"stride must be an int"),
+    ("avg_pool2d", (np.zeros(5), 2), {}, ValueError, r"x must be 3-D or 4-D"),
+    ("avg_pool2d", (X.astype(complex), 2), {}, TypeError, r"real numeric dtype"),
+    ("avg_pool2d_backward", (np.zeros((1, 2, 3, 2)), (1, 2, 5, 5), 2), {}, ValueError,
+     r"grad_out must have the shape of avg_pool2d's output \(1, 2, 2, 2\)"),
+    ("avg_pool2d_backward", (G_POOL, (1, 2, 5, 5), 2), dict(divisor_override=0), ValueError,
+     r"divisor_override must not be zero"),
+    ("avg_pool2d_backward", (G_POOL, (1, 2, 5), 2), {}, ValueError,
+     r"grad_out must have the shape"),
+    ("avg_pool2d_backward", (G_POOL, (1, 2, 5, 5), 2), dict(padding=-1), ValueError,
+     r"padding must be non-negative"),
+    ("relu", (np.array([1 + 2j]),), {}, TypeError, r"x must have a real numeric dtype"),
+    ("relu", (np.array([None, 1.0]),), {}, TypeError, r"x must have a real numeric dtype"),
+    ("relu", (np.array(["1.0"]),), {}, TypeError, r"x must have a real numeric dtype"),
+    ("relu_backward", (np.zeros(3), np.zeros(4)), {}, ValueError,
+     r"grad_out must have x's shape \(4\)"),
+    ("relu_backward", (np.zeros(3, complex), np.zeros(3)), {}, TypeError,
+     r"grad_out must have a real numeric dtype"),
+]
+
+
+@pytest.mark.parametrize("module", [Fn, R], ids=["functional", "reference"])
+@pytest.mark.parametrize("op, args, kwargs, exc, match", BAD,
+                         ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_inputs(module, op, args, kwargs, exc, match):
+    snapshot = [arg.copy() for arg in args if isinstance(arg, np.ndarray)]
+    with pytest.raises(exc, match=match):
+        getattr(module, op)(*args, **kwargs)
+    for arg, arg0 in zip([arg for arg in args if isinstance(arg, np.ndarray)], snapshot):
+        assert_same(arg, arg0)
+
+
+def test_bad_inputs_raise_identical_messages():
+    for op, args, kwargs, exc, _ in BAD:
+        with pytest.raises(exc) as compiled:
+            getattr(Fn, op)(*args, **kwargs)
+        with pytest.raises(exc) as ref:
+            getattr(R, op)(*args, **kwargs)
+        assert str(compiled.value) == str(ref.value), op
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward"])
+def test_bad_algorithm(op):
+    args = (X, W) if op == "conv2d" else (G_CONV, X, W)
+    with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'direct', 'gemm'\)"):
+        getattr(Fn, op)(*args, algorithm="fft")
