@@ -24,7 +24,46 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 
+import numpy as np
+
 from cnnx._kernel_utils cimport valid_range
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* best, best_idx := val, cand  if val > best or val is NaN.
+       Done with masks so that the compiler cannot turn it back into a branch
+       (pooling real data, the comparison is unpredictable). */
+    static inline void cnnx_max_update_f(float val, int64_t cand, float *best, int64_t *best_idx) {
+        int64_t take = -(int64_t)((val > *best) | (val != val));
+        uint32_t v, b, m = (uint32_t)take;
+        memcpy(&v, &val, 4); memcpy(&b, best, 4);
+        b = (v & m) | (b & ~m);
+        memcpy(best, &b, 4);
+        *best_idx = (cand & take) | (*best_idx & ~take);
+    }
+    static inline void cnnx_max_update_d(double val, int64_t cand, double *best, int64_t *best_idx) {
+        int64_t take = -(int64_t)((val > *best) | (val != val));
+        uint64_t v, b, m = (uint64_t)take;
+        memcpy(&v, &val, 8); memcpy(&b, best, 8);
+        b = (v & m) | (b & ~m);
+        memcpy(best, &b, 8);
+        *best_idx = (cand & take) | (*best_idx & ~take);
+    }
+    """
+    void cnnx_max_update_f(float val, long long cand, float* best, long long* best_idx) noexcept nogil
+    void cnnx_max_update_d(double val, long long cand, double* best, long long* best_idx) noexcept nogil
+
+
+cdef inline void max_update(floating val, long long cand, floating* best,
+                            long long* best_idx) noexcept nogil:
+    """best, best_idx = val, cand if val > best or isnan(val) (branch-free)."""
+    if floating is float:
+        cnnx_max_update_f(val, cand, best, best_idx)
+    else:
+        cnnx_max_update_d(val, cand, best, best_idx)
 
 
 cdef struct PoolGeom:
@@ -46,30 +85,47 @@ cdef PoolGeom make_geom(spec) except *:
 # ---------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------
-cdef inline void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
-                              const PoolGeom* g, Py_ssize_t i) noexcept nogil:
-    """One output row i of one plane."""
+cdef enum:
+    CHUNK = 256  # outputs of one row whose running maxima are kept in local arrays
+
+
+cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
+                       const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col) noexcept nogil:
+    """Output row i of one plane, walked tap by tap in window order (u, then v).
+
+    Each output j first holds -inf and the index of its first tap inside the
+    input; every tap (u, v) then sweeps the outputs whose window it falls in.
+    An output sees its taps in the same order as a window-by-window scan, so
+    ties keep the first maximum and the last NaN wins, as in PyTorch.  The
+    sweep makes neighbouring outputs independent (the CPU overlaps them) and
+    ``max_update`` is branch-free (on real data the comparison is unpredictable).
+    """
     cdef Py_ssize_t h0 = i * g.stride_h - g.pad_h
-    cdef Py_ssize_t u_lo, u_hi, v_lo, v_hi, u, v, j, w0, ih, iw, best_idx
-    cdef floating best, val
+    cdef Py_ssize_t u_lo, u_hi, u, v, j, j0, jn, j_lo, j_hi, ih, off
+    cdef floating best[CHUNK]
+    cdef long long best_idx[CHUNK]
     cdef const floating* x_row
     valid_range(h0, g.dilation_h, g.H, g.KH, &u_lo, &u_hi)
-    for j in range(g.W_out):
-        w0 = j * g.stride_w - g.pad_w
-        valid_range(w0, g.dilation_w, g.W, g.KW, &v_lo, &v_hi)
-        best = -INFINITY
-        best_idx = (h0 + u_lo * g.dilation_h) * g.W + w0 + v_lo * g.dilation_w
+    j0 = 0
+    while j0 < g.W_out:
+        jn = min(<Py_ssize_t> CHUNK, g.W_out - j0)
+        ih = h0 + u_lo * g.dilation_h
+        for j in range(jn):
+            best[j] = -INFINITY
+            best_idx[j] = ih * g.W + first_col[j0 + j]
         for u in range(u_lo, u_hi):
             ih = h0 + u * g.dilation_h
             x_row = x_plane + ih * g.W
-            for v in range(v_lo, v_hi):
-                iw = w0 + v * g.dilation_w
-                val = x_row[iw]
-                if val > best or val != val:  # '!=' is the NaN test
-                    best = val
-                    best_idx = ih * g.W + iw
-        y_row[j] = best
-        idx_row[j] = best_idx
+            for v in range(g.KW):
+                off = v * g.dilation_w - g.pad_w + j0 * g.stride_w
+                valid_range(off, g.stride_w, g.W, jn, &j_lo, &j_hi)
+                for j in range(j_lo, j_hi):
+                    max_update(x_row[j * g.stride_w + off], ih * g.W + j * g.stride_w + off,
+                               &best[j], &best_idx[j])
+        for j in range(jn):
+            y_row[j0 + j] = best[j]
+            idx_row[j0 + j] = best_idx[j]
+        j0 += jn
 
 
 def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
@@ -78,11 +134,16 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
                      spec, int n_threads):
     """One (plane, output row) per work item, so even a single plane uses every thread."""
     cdef PoolGeom g = make_geom(spec)
-    cdef Py_ssize_t item, p, i
+    cdef Py_ssize_t item, p, i, j, v_lo, v_hi, w0
+    cdef Py_ssize_t[::1] first_col = np.empty(max(g.W_out, 1), dtype=np.intp)
+    for j in range(g.W_out):  # column of each output's first tap inside the input
+        w0 = j * g.stride_w - g.pad_w
+        valid_range(w0, g.dilation_w, g.W, g.KW, &v_lo, &v_hi)
+        first_col[j] = w0 + v_lo * g.dilation_w
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i)
+        max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0])
 
 
 def max_pool_backward(const floating[:, ::1] grad_out,     # (P, H_out*W_out)
