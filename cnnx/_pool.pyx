@@ -21,7 +21,7 @@ Arguments were validated by ``cnnx.functional``; nothing here raises.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
 
 import numpy as np
@@ -167,84 +167,114 @@ def max_pool_backward(const floating[:, ::1] grad_out,     # (P, H_out*W_out)
 # ---------------------------------------------------------------------------
 # average pooling
 # ---------------------------------------------------------------------------
-cdef inline void avg_window(const PoolGeom* g, Py_ssize_t i, Py_ssize_t j,
-                            bint count_include_pad, Py_ssize_t divisor_override,
-                            Py_ssize_t* h0, Py_ssize_t* h1, Py_ssize_t* w0, Py_ssize_t* w1,
-                            Py_ssize_t* divisor) noexcept nogil:
-    """The clipped window [h0, h1) x [w0, w1) of output (i, j) and its divisor."""
-    cdef Py_ssize_t hs = i * g.stride_h - g.pad_h
-    cdef Py_ssize_t ws = j * g.stride_w - g.pad_w
-    cdef Py_ssize_t he = min(hs + g.KH, g.H + g.pad_h)
-    cdef Py_ssize_t we = min(ws + g.KW, g.W + g.pad_w)
-    cdef Py_ssize_t pool_size = (he - hs) * (we - ws)
-    hs = max(hs, 0)
-    ws = max(ws, 0)
-    he = min(he, g.H)
-    we = min(we, g.W)
-    if divisor_override != 0:
-        divisor[0] = divisor_override
-    elif count_include_pad:
-        divisor[0] = pool_size
-    else:
-        divisor[0] = (he - hs) * (we - ws)
-    h0[0] = hs
-    h1[0] = he
-    w0[0] = ws
-    w1[0] = we
+cdef inline void window_span(Py_ssize_t start, Py_ssize_t kernel, Py_ssize_t size, Py_ssize_t pad,
+                             Py_ssize_t* lo, Py_ssize_t* hi, Py_ssize_t* padded) noexcept nogil:
+    """Window [start, start+kernel) cut at size+pad (``padded``: its length then),
+    and clipped to the input: [lo, hi)."""
+    cdef Py_ssize_t end = min(start + kernel, size + pad)
+    padded[0] = end - start
+    lo[0] = max(start, 0)
+    hi[0] = min(end, size)
 
 
-cdef void avg_pool_row(const floating* x_plane, floating* y_row, const PoolGeom* g,
-                       Py_ssize_t i, bint count_include_pad,
-                       Py_ssize_t divisor_override) noexcept nogil:
-    """One output row i of one plane."""
-    cdef Py_ssize_t j, h0, h1, w0, w1, divisor, ih, iw
-    cdef floating total
+cdef void avg_divisors(const PoolGeom* g, bint count_include_pad, Py_ssize_t divisor_override,
+                       Py_ssize_t i, Py_ssize_t* h_lo, Py_ssize_t* h_hi, double* row_factor,
+                       const double* col_factor, floating* inv_div) noexcept nogil:
+    """Clipped rows [h_lo, h_hi) of output row i and 1/divisor of each output of the row.
+
+    divisor = divisor_override, else (count_include_pad) the window size cut at
+    the padding, else the number of input elements in the window.
+    """
+    cdef Py_ssize_t padded, j
+    window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, h_lo, h_hi, &padded)
+    row_factor[0] = padded if count_include_pad else h_hi[0] - h_lo[0]
     for j in range(g.W_out):
-        avg_window(g, i, j, count_include_pad, divisor_override, &h0, &h1, &w0, &w1, &divisor)
-        if h0 >= h1 or w0 >= w1:
-            y_row[j] = 0
-            continue
-        total = 0
-        for ih in range(h0, h1):
-            for iw in range(w0, w1):
-                total += x_plane[ih * g.W + iw]
-        y_row[j] = total / divisor
+        if divisor_override != 0:
+            inv_div[j] = <floating> (1.0 / divisor_override)
+        else:
+            inv_div[j] = <floating> (1.0 / (row_factor[0] * col_factor[j]))
 
 
-cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, const PoolGeom* g,
-                              bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
-    """gx_plane[window of (i, j)] += gy_plane[i, j] / divisor (gx_plane zero-filled)."""
-    cdef Py_ssize_t i, j, h0, h1, w0, w1, divisor, ih, iw
-    cdef floating share
+cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_div,
+                       const PoolGeom* g, Py_ssize_t i, bint count_include_pad,
+                       Py_ssize_t divisor_override, const double* col_factor) noexcept nogil:
+    """Output row i of one plane: sum tap by tap over the row, then scale by 1/divisor."""
+    cdef Py_ssize_t h_lo, h_hi, ih, v, j, j_lo, j_hi, off
+    cdef double row_factor
+    cdef const floating* x_row
+    avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, &row_factor,
+                 col_factor, inv_div)
+    for j in range(g.W_out):
+        y_row[j] = 0
+    for ih in range(h_lo, h_hi):
+        x_row = x_plane + ih * g.W
+        for v in range(g.KW):
+            off = v - g.pad_w
+            valid_range(off, g.stride_w, g.W, g.W_out, &j_lo, &j_hi)
+            for j in range(j_lo, j_hi):
+                y_row[j] += x_row[j * g.stride_w + off]
+    for j in range(g.W_out):
+        y_row[j] *= inv_div[j]
+
+
+cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, floating* share,
+                              const PoolGeom* g, bint count_include_pad,
+                              Py_ssize_t divisor_override, const double* col_factor) noexcept nogil:
+    """gx_plane[window of (i, j)] += gy_plane[i, j] / divisor, row by row, tap by tap
+    (gx_plane zero-filled by the caller)."""
+    cdef Py_ssize_t i, h_lo, h_hi, ih, v, j, j_lo, j_hi, off
+    cdef double row_factor
+    cdef floating* gx_row
+    cdef const floating* gy_row
     for i in range(g.H_out):
+        avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, &row_factor,
+                     col_factor, share)
+        gy_row = gy_plane + i * g.W_out
         for j in range(g.W_out):
-            avg_window(g, i, j, count_include_pad, divisor_override, &h0, &h1, &w0, &w1, &divisor)
-            if h0 >= h1 or w0 >= w1:
-                continue
-            share = gy_plane[i * g.W_out + j] / divisor
-            for ih in range(h0, h1):
-                for iw in range(w0, w1):
-                    gx_plane[ih * g.W + iw] += share
+            share[j] *= gy_row[j]
+        for ih in range(h_lo, h_hi):
+            gx_row = gx_plane + ih * g.W
+            for v in range(g.KW):
+                off = v - g.pad_w
+                valid_range(off, g.stride_w, g.W, g.W_out, &j_lo, &j_hi)
+                for j in range(j_lo, j_hi):
+                    gx_row[j * g.stride_w + off] += share[j]
+
+
+cdef double[::1] column_factors(const PoolGeom* g, bint count_include_pad):
+    """Per output column: the window width cut at the padding (count_include_pad) or
+    clipped to the input."""
+    cdef double[::1] col_factor = np.empty(max(g.W_out, 1), dtype=np.float64)
+    cdef Py_ssize_t j, lo, hi, padded
+    for j in range(g.W_out):
+        window_span(j * g.stride_w - g.pad_w, g.KW, g.W, g.pad_w, &lo, &hi, &padded)
+        col_factor[j] = padded if count_include_pad else hi - lo
+    return col_factor
 
 
 def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
                      floating[:, :, ::1] y,        # OUT (P, H_out, W_out)
+                     floating[:, ::1] work,        # scratch (n_threads, W_out)
                      spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
     """One (plane, output row) per work item."""
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t item, p, i
+    cdef double[::1] col_factor = column_factors(&g, count_include_pad)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &g, i, count_include_pad, divisor_override)
+        avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &work[threadid(), 0], &g, i, count_include_pad,
+                     divisor_override, &col_factor[0])
 
 
 def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
                       floating[:, :, ::1] grad_x,          # OUT, zero-filled (P, H, W)
+                      floating[:, ::1] work,               # scratch (n_threads, W_out)
                       spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
-    """One plane per work item."""
+    """One plane per work item (a plane's windows overlap when stride < kernel)."""
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t p
+    cdef double[::1] col_factor = column_factors(&g, count_include_pad)
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
-        avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, count_include_pad,
-                            divisor_override)
+        avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &work[threadid(), 0], &g,
+                            count_include_pad, divisor_override, &col_factor[0])
