@@ -160,8 +160,8 @@ def _common_dtypes(arrays):
 
 
 def _contiguous(arr, dtype):
-    """C-contiguous, native-endian array of ``dtype`` (a view when already so)."""
-    return np.ascontiguousarray(arr, dtype=dtype)
+    """C-contiguous, native-endian array of ``dtype`` (a view when already so; 0-d stays 0-d)."""
+    return np.asarray(arr, dtype=dtype, order="C")
 
 
 def restore_batch(arr, batched):

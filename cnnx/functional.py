@@ -71,27 +71,35 @@ def _finish(arr, result_dtype, batched=True):
 # BLAS threads: one thread inside cnnx's own parallel loops (no oversubscription)
 # --------------------------------------------------------------------------
 _blas_lock = threading.Lock()
-_blas_state = {"controller": None, "users": 0, "limiter": None}
+_blas_state = {"libs": None, "users": 0, "saved": None}
 
 
-def _blas_controller():
-    if _blas_state["controller"] is None:
+def _blas_libs():
+    """threadpoolctl's handles on the loaded BLAS libraries (looked up once)."""
+    if _blas_state["libs"] is None:
         from threadpoolctl import ThreadpoolController
 
-        _blas_state["controller"] = ThreadpoolController()
-    return _blas_state["controller"]
+        _blas_state["libs"] = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas_state["libs"]
 
 
 @contextmanager
 def _blas_threads(n):
     """Run the block with the BLAS libraries limited to ``n`` threads.
 
-    Reference-counted so that concurrent cnnx calls from several Python
-    threads restore the user's setting only when the last one leaves.
+    Inside cnnx's own OpenMP loops BLAS must stay on one thread, or the two
+    thread pools oversubscribe the cores.  Reference-counted, so concurrent
+    cnnx calls from several Python threads restore the user's setting only
+    when the last one leaves; the library handles are cached, so a call costs
+    a few microseconds rather than threadpoolctl's full library scan.
     """
     with _blas_lock:
         if _blas_state["users"] == 0:
-            _blas_state["limiter"] = _blas_controller().limit(limits=n, user_api="blas")
+            libs = _blas_libs()
+            _blas_state["saved"] = [lib.get_num_threads() for lib in libs]
+            for lib, old in zip(libs, _blas_state["saved"]):
+                if old != n:
+                    lib.set_num_threads(n)
         _blas_state["users"] += 1
     try:
         yield
@@ -99,8 +107,9 @@ def _blas_threads(n):
         with _blas_lock:
             _blas_state["users"] -= 1
             if _blas_state["users"] == 0:
-                _blas_state["limiter"].restore_original_limits()
-                _blas_state["limiter"] = None
+                for lib, old in zip(_blas_libs(), _blas_state["saved"]):
+                    if old != n:
+                        lib.set_num_threads(old)
 
 
 # --------------------------------------------------------------------------
