@@ -72,10 +72,13 @@ cdef inline void gemm(char transa, char transb, int m, int n, int k,
 # ---------------------------------------------------------------------------
 # im2col / col2im on a tile of output rows [oh0, oh1) of one sample and group
 # ---------------------------------------------------------------------------
-cdef void im2col_tile(const floating* x_g, floating* col, const Geom* p,
+cdef void im2col_tile(const floating* x_g, floating* col, Py_ssize_t ld, const Geom* p,
                       Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
-    """col[(c*KH + u)*KW + v, (i-oh0)*W_out + j] = x_g[c, i*S_h - P_top + u*D_h, j*S_w - P_left + v*D_w]."""
-    cdef Py_ssize_t L_tile = (oh1 - oh0) * p.W_out
+    """col[(c*KH + u)*KW + v, (i-oh0)*W_out + j] = x_g[c, i*S_h - P_top + u*D_h, j*S_w - P_left + v*D_w]
+
+    (zero where the tap falls in the padding); ``ld`` is the distance between
+    rows of ``col``, so several samples can sit side by side in one matrix.
+    """
     cdef Py_ssize_t c, u, v, i, j, ih, iw_off, j_lo, j_hi
     cdef floating* dst
     cdef const floating* src
@@ -84,7 +87,7 @@ cdef void im2col_tile(const floating* x_g, floating* col, const Geom* p,
             for v in range(p.KW):
                 iw_off = v * p.dilation_w - p.pad_left
                 valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-                dst = col + ((c * p.KH + u) * p.KW + v) * L_tile
+                dst = col + ((c * p.KH + u) * p.KW + v) * ld
                 for i in range(oh0, oh1):
                     ih = i * p.stride_h - p.pad_top + u * p.dilation_h
                     if ih < 0 or ih >= p.H:
@@ -103,10 +106,9 @@ cdef void im2col_tile(const floating* x_g, floating* col, const Geom* p,
                     dst += p.W_out
 
 
-cdef void col2im_tile(const floating* col, floating* gx_g, const Geom* p,
+cdef void col2im_tile(const floating* col, Py_ssize_t ld, floating* gx_g, const Geom* p,
                       Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
     """The transpose of im2col_tile: gx_g[c, ih, iw] += col[row, column] (OUT gx_g)."""
-    cdef Py_ssize_t L_tile = (oh1 - oh0) * p.W_out
     cdef Py_ssize_t c, u, v, i, j, ih, iw_off, j_lo, j_hi
     cdef const floating* src
     cdef floating* dst
@@ -115,7 +117,7 @@ cdef void col2im_tile(const floating* col, floating* gx_g, const Geom* p,
             for v in range(p.KW):
                 iw_off = v * p.dilation_w - p.pad_left
                 valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-                src = col + ((c * p.KH + u) * p.KW + v) * L_tile
+                src = col + ((c * p.KH + u) * p.KW + v) * ld
                 for i in range(oh0, oh1):
                     ih = i * p.stride_h - p.pad_top + u * p.dilation_h
                     if 0 <= ih < p.H:
@@ -129,36 +131,45 @@ cdef void col2im_tile(const floating* col, floating* gx_g, const Geom* p,
                     src += p.W_out
 
 
-def tile_rows(spec, Py_ssize_t max_elems):
-    """Output rows per tile so that one im2col tile holds about ``max_elems`` values."""
+def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns):
+    """(samples per tile, output rows per tile) for the im2col tiles.
+
+    A tile has about ``max(min_columns, max_elems / K)`` columns: wide enough
+    for an efficient GEMM, small enough to stay in cache.  When one image has
+    fewer columns than that, a tile holds several whole images (a GEMM over one
+    small image is too thin to run fast); otherwise it is a band of rows.
+    """
     cdef Geom p = make_geom(spec)
-    cdef Py_ssize_t per_row = p.K * p.W_out
-    cdef Py_ssize_t rows = max_elems // per_row if per_row > 0 else p.H_out
-    if rows < 1:
-        rows = 1
-    if rows > p.H_out:
-        rows = p.H_out
-    return rows
+    cdef Py_ssize_t columns = max(min_columns, max_elems // max(p.K, 1))
+    if p.L <= columns and not is_pointwise(&p):
+        return max(1, min(columns // p.L, p.N)), p.H_out
+    return 1, max(1, min(columns // p.W_out, p.H_out))
 
 
 # ---------------------------------------------------------------------------
 # GEMM algorithm
 # ---------------------------------------------------------------------------
+# A tile is (group g, samples [n0, n0+nb), output rows [oh0, oh1)); either nb == 1
+# (a band of rows of one sample) or the tile holds whole images (oh0=0, oh1=H_out).
+# Its im2col matrix has K rows and nb*(oh1-oh0)*W_out columns, sample s's at s*L.
+
 def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                  const floating[::1] bias, bint has_bias,
                  floating[:, :, :, ::1] y,  # OUT
-                 floating[:, ::1] work,     # scratch: one row of K*rows_per_tile*W_out per thread
-                 spec, Py_ssize_t rows_per_tile, int n_threads):
-    """y = conv2d(x, weight) + bias, one (sample, group, row tile) per work item."""
+                 floating[:, ::1] work,     # scratch per thread: im2col tile (+ output tile if nb > 1)
+                 spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads):
+    """y = conv2d(x, weight) + bias, one tile per work item."""
     cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t nb = samples_per_tile
     cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
-    cdef Py_ssize_t n_items = p.N * p.groups * n_tiles
+    cdef Py_ssize_t n_blocks = (p.N + nb - 1) // nb
+    cdef Py_ssize_t n_items = n_blocks * p.groups * n_tiles
     cdef bint pointwise = is_pointwise(&p)
-    cdef Py_ssize_t item, n, g, t, oh0, oh1, L_tile, o, l
+    cdef Py_ssize_t item, n0, n1, s, g, t, oh0, oh1, L_tile, ld, o, l
     cdef floating* col
-    cdef const floating* b_mat
-    cdef int ld_b
+    cdef floating* out
     cdef floating* y_tile
+    cdef const floating* b_mat
     cdef floating beta
     if n_items == 0:
         return
@@ -167,90 +178,123 @@ def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] we
             col = &work[threadid(), 0]
             t = item % n_tiles
             g = (item // n_tiles) % p.groups
-            n = item // (n_tiles * p.groups)
+            n0 = (item // (n_tiles * p.groups)) * nb
+            n1 = min(n0 + nb, p.N)
             oh0 = t * rows_per_tile
             oh1 = min(oh0 + rows_per_tile, p.H_out)
             L_tile = (oh1 - oh0) * p.W_out
-            if pointwise:
-                b_mat = &x[n, g * p.C_in_g, 0, 0] + oh0 * p.W_out
-                ld_b = <int> p.L
+            ld = (n1 - n0) * L_tile
+            if pointwise:  # x itself is the im2col matrix (nb == 1 here)
+                b_mat = &x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out
+                ld = p.L
             else:
-                im2col_tile(&x[n, g * p.C_in_g, 0, 0], col, &p, oh0, oh1)
+                for s in range(n1 - n0):
+                    im2col_tile(&x[n0 + s, g * p.C_in_g, 0, 0], col + s * L_tile, ld, &p, oh0, oh1)
                 b_mat = col
-                ld_b = <int> L_tile
-            y_tile = &y[n, g * p.C_out_g, 0, 0] + oh0 * p.W_out
-            beta = 0
-            if has_bias:
-                beta = 1
-                for o in range(p.C_out_g):
-                    for l in range(L_tile):
-                        y_tile[o * p.L + l] = bias[g * p.C_out_g + o]
-            # row-major y_tile (C_out_g x L_tile) = w_g (C_out_g x K) @ col (K x L_tile)
-            gemm(c"N", c"N", <int> L_tile, <int> p.C_out_g, <int> p.K,
-                 1, b_mat, ld_b, &weight[g * p.C_out_g, 0, 0, 0], <int> p.K,
-                 beta, y_tile, <int> p.L)
+            if n1 - n0 == 1:   # write straight into y (rows of length L_tile, ld L)
+                y_tile = &y[n0, g * p.C_out_g, 0, 0] + oh0 * p.W_out
+                beta = 0
+                if has_bias:
+                    beta = 1
+                    for o in range(p.C_out_g):
+                        for l in range(L_tile):
+                            y_tile[o * p.L + l] = bias[g * p.C_out_g + o]
+                # row-major y_tile (C_out_g x L_tile) = w_g (C_out_g x K) @ col (K x L_tile)
+                gemm(c"N", c"N", <int> L_tile, <int> p.C_out_g, <int> p.K,
+                     1, b_mat, <int> ld, &weight[g * p.C_out_g, 0, 0, 0], <int> p.K,
+                     beta, y_tile, <int> p.L)
+            else:              # whole images: multiply into a tile, then scatter per sample
+                out = col + p.K * ld
+                gemm(c"N", c"N", <int> ld, <int> p.C_out_g, <int> p.K,
+                     1, b_mat, <int> ld, &weight[g * p.C_out_g, 0, 0, 0], <int> p.K,
+                     0, out, <int> ld)
+                for s in range(n1 - n0):
+                    for o in range(p.C_out_g):
+                        y_tile = &y[n0 + s, g * p.C_out_g + o, 0, 0]
+                        for l in range(p.L):
+                            y_tile[l] = out[o * ld + s * p.L + l] + (
+                                bias[g * p.C_out_g + o] if has_bias else 0)
 
 
 def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
                   const floating[:, :, :, ::1] weight,
                   floating[:, :, :, ::1] grad_x,  # OUT, zero-filled by the caller
                   floating[:, ::1] grad_w_acc,    # OUT, zero-filled, one grad_weight per thread
-                  floating[:, ::1] work,          # scratch: two tiles (col, grad_col) per thread
-                  spec, Py_ssize_t rows_per_tile, int n_threads):
-    """grad_x and per-thread partial grad_weight of conv2d; one (sample, group) per item.
+                  floating[:, ::1] work,          # scratch per thread: col, grad_col (+ grad_y tile)
+                  spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads):
+    """grad_x and per-thread partial grad_weight of conv2d; one (sample block, group) per item.
 
     Row tiles of one sample overlap in grad_x (neighbouring receptive fields),
-    so a work item owns a whole (sample, group) and walks its tiles in order;
-    each thread accumulates grad_weight in its own row of ``grad_w_acc`` and the
-    caller sums the rows.
+    so a work item owns whole samples and walks their row tiles in order;
+    each thread accumulates grad_weight in its own row of ``grad_w_acc`` and
+    the caller sums the rows.
     """
     cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t nb = samples_per_tile
     cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
-    cdef Py_ssize_t n_items = p.N * p.groups
-    cdef Py_ssize_t tile_size = p.K * rows_per_tile * p.W_out
+    cdef Py_ssize_t n_blocks = (p.N + nb - 1) // nb
+    cdef Py_ssize_t n_items = n_blocks * p.groups
+    cdef Py_ssize_t tile_size = p.K * nb * rows_per_tile * p.W_out
     cdef bint pointwise = is_pointwise(&p)
-    cdef Py_ssize_t item, n, g, t, oh0, oh1, L_tile
+    cdef Py_ssize_t item, n0, n1, s, g, t, oh0, oh1, L_tile, ld, o
     cdef floating* col
     cdef floating* gcol
+    cdef floating* gy_t
     cdef floating* gw
     cdef const floating* x_mat
     cdef const floating* gy
     cdef const floating* w_g
-    cdef int ld_x
+    cdef int ld_x, ld_gy
     if n_items == 0:
         return
     with nogil, parallel(num_threads=n_threads):
         for item in prange(n_items, schedule="static"):
             col = &work[threadid(), 0]
             gcol = col + tile_size
+            gy_t = gcol + tile_size
             g = item % p.groups
-            n = item // p.groups
+            n0 = (item // p.groups) * nb
+            n1 = min(n0 + nb, p.N)
             gw = &grad_w_acc[threadid(), 0] + g * p.C_out_g * p.K
             w_g = &weight[g * p.C_out_g, 0, 0, 0]
             for t in range(n_tiles):
                 oh0 = t * rows_per_tile
                 oh1 = min(oh0 + rows_per_tile, p.H_out)
                 L_tile = (oh1 - oh0) * p.W_out
-                gy = &grad_out[n, g * p.C_out_g, 0, 0] + oh0 * p.W_out
-                if pointwise:
-                    x_mat = &x[n, g * p.C_in_g, 0, 0] + oh0 * p.W_out
+                ld = (n1 - n0) * L_tile
+                if n1 - n0 == 1:
+                    gy = &grad_out[n0, g * p.C_out_g, 0, 0] + oh0 * p.W_out
+                    ld_gy = <int> p.L
+                else:  # gather the samples' grad_y side by side, like their columns
+                    for s in range(n1 - n0):
+                        for o in range(p.C_out_g):
+                            memcpy(gy_t + o * ld + s * p.L, &grad_out[n0 + s, g * p.C_out_g + o, 0, 0],
+                                   p.L * sizeof(floating))
+                    gy = gy_t
+                    ld_gy = <int> ld
+                if pointwise:  # nb == 1 here
+                    x_mat = &x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out
                     ld_x = <int> p.L
                 else:
-                    im2col_tile(&x[n, g * p.C_in_g, 0, 0], col, &p, oh0, oh1)
+                    for s in range(n1 - n0):
+                        im2col_tile(&x[n0 + s, g * p.C_in_g, 0, 0], col + s * L_tile, ld,
+                                    &p, oh0, oh1)
                     x_mat = col
-                    ld_x = <int> L_tile
-                # grad_w_g (C_out_g x K) += grad_y (C_out_g x L_tile) @ col^T
-                gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> L_tile,
-                     1, x_mat, ld_x, gy, <int> p.L, 1, gw, <int> p.K)
-                # grad_col (K x L_tile) = w_g^T (K x C_out_g) @ grad_y
+                    ld_x = <int> ld
+                # grad_w_g (C_out_g x K) += grad_y (C_out_g x ld) @ col^T
+                gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
+                     1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
+                # grad_col (K x ld) = w_g^T (K x C_out_g) @ grad_y
                 if pointwise:
                     gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
-                         1, gy, <int> p.L, w_g, <int> p.K,
-                         0, &grad_x[n, g * p.C_in_g, 0, 0] + oh0 * p.W_out, <int> p.L)
+                         1, gy, ld_gy, w_g, <int> p.K,
+                         0, &grad_x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out, <int> p.L)
                 else:
-                    gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
-                         1, gy, <int> p.L, w_g, <int> p.K, 0, gcol, <int> L_tile)
-                    col2im_tile(gcol, &grad_x[n, g * p.C_in_g, 0, 0], &p, oh0, oh1)
+                    gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
+                         1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
+                    for s in range(n1 - n0):
+                        col2im_tile(gcol + s * L_tile, ld, &grad_x[n0 + s, g * p.C_in_g, 0, 0],
+                                    &p, oh0, oh1)
 
 
 # ---------------------------------------------------------------------------
