@@ -174,7 +174,7 @@ def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] we
     if n_items == 0:
         return
     with nogil, parallel(num_threads=n_threads):
-        for item in prange(n_items, schedule="static"):
+        for item in prange(n_items, schedule="dynamic"):
             col = &work[threadid(), 0]
             t = item % n_tiles
             g = (item // n_tiles) % p.groups
@@ -248,7 +248,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     if n_items == 0:
         return
     with nogil, parallel(num_threads=n_threads):
-        for item in prange(n_items, schedule="static"):
+        for item in prange(n_items, schedule="dynamic"):
             col = &work[threadid(), 0]
             gcol = col + tile_size
             gy_t = gcol + tile_size
@@ -300,31 +300,42 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
 # ---------------------------------------------------------------------------
 # direct algorithm: the formula's loops
 # ---------------------------------------------------------------------------
+cdef inline void tap_accumulate(const floating* src, floating* dst, floating w, const Geom* p,
+                                Py_ssize_t u, Py_ssize_t v, bint to_input) noexcept nogil:
+    """One kernel tap (u, v) between an input plane and an output plane.
+
+    forward  (to_input False): out[i, j] += w * in[i*S_h - P_top + u*D_h, j*S_w - P_left + v*D_w]
+    backward (to_input True):  in[same place] += w * out[i, j]
+    ``src``/``dst`` are (in, out) going forward and (out, in) going backward.
+    """
+    cdef Py_ssize_t ih_off = u * p.dilation_h - p.pad_top
+    cdef Py_ssize_t iw_off = v * p.dilation_w - p.pad_left
+    cdef Py_ssize_t i, j, i_lo, i_hi, j_lo, j_hi, in_row, out_row
+    valid_range(ih_off, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+    valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+    for i in range(i_lo, i_hi):
+        in_row = (i * p.stride_h + ih_off) * p.W + iw_off
+        out_row = i * p.W_out
+        if to_input:
+            for j in range(j_lo, j_hi):
+                dst[in_row + j * p.stride_w] += w * src[out_row + j]
+        else:
+            for j in range(j_lo, j_hi):
+                dst[out_row + j] += w * src[in_row + j * p.stride_w]
+
+
 cdef void direct_output_plane(const floating* x_n, const floating* weight, floating b,
                               floating* y_plane, const Geom* p, Py_ssize_t o) noexcept nogil:
     """y_plane = b + sum_{c,u,v} w[o,c,u,v] * x_n[g*C_in_g + c] shifted by tap (u, v)."""
     cdef Py_ssize_t g = o // p.C_out_g
-    cdef Py_ssize_t c, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
-    cdef floating w
-    cdef const floating* x_plane
-    cdef const floating* x_row
-    cdef floating* y_row
+    cdef Py_ssize_t c, u, v, i
     for i in range(p.L):
         y_plane[i] = b
     for c in range(p.C_in_g):
-        x_plane = x_n + (g * p.C_in_g + c) * p.H * p.W
         for u in range(p.KH):
-            valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
             for v in range(p.KW):
-                iw_off = v * p.dilation_w - p.pad_left
-                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-                w = weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v]
-                for i in range(i_lo, i_hi):
-                    ih = i * p.stride_h - p.pad_top + u * p.dilation_h
-                    x_row = x_plane + ih * p.W + iw_off
-                    y_row = y_plane + i * p.W_out
-                    for j in range(j_lo, j_hi):
-                        y_row[j] += w * x_row[j * p.stride_w]
+                tap_accumulate(x_n + (g * p.C_in_g + c) * p.H * p.W, y_plane,
+                               weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v], p, u, v, False)
 
 
 cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
@@ -333,25 +344,12 @@ cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
     of grad_y[o, i, j] * w[o, c, u, v] (gx_plane zero-filled by the caller)."""
     cdef Py_ssize_t g = ci // p.C_in_g
     cdef Py_ssize_t c = ci % p.C_in_g
-    cdef Py_ssize_t o, u, v, i, j, ih, iw_off, i_lo, i_hi, j_lo, j_hi
-    cdef floating w
-    cdef const floating* gy_plane
-    cdef const floating* gy_row
-    cdef floating* gx_row
+    cdef Py_ssize_t o, u, v
     for o in range(g * p.C_out_g, (g + 1) * p.C_out_g):
-        gy_plane = gy_n + o * p.L
         for u in range(p.KH):
-            valid_range(u * p.dilation_h - p.pad_top, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
             for v in range(p.KW):
-                iw_off = v * p.dilation_w - p.pad_left
-                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-                w = weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v]
-                for i in range(i_lo, i_hi):
-                    ih = i * p.stride_h - p.pad_top + u * p.dilation_h
-                    gx_row = gx_plane + ih * p.W + iw_off
-                    gy_row = gy_plane + i * p.W_out
-                    for j in range(j_lo, j_hi):
-                        gx_row[j * p.stride_w] += w * gy_row[j]
+                tap_accumulate(gy_n + o * p.L, gx_plane,
+                               weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v], p, u, v, True)
 
 
 cdef void direct_weight_grad(const floating* grad_out, const floating* x, floating* gw_oc,
