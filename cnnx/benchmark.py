@@ -377,6 +377,35 @@ def time_tasks(tasks, opts):
 # ---------------------------------------------------------------------------
 # running everything
 # ---------------------------------------------------------------------------
+def _loadavg():
+    """1-minute load average (None where the OS has none): other processes' CPU use."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_warning(results):
+    """A warning when other processes competed for the CPUs during the timings."""
+    loads = [r["load_1min"] for r in results if r.get("load_1min") is not None]
+    if not loads:
+        return None
+    ncpu, worst = _cpus(), max(loads)
+    # the benchmark itself accounts for about one runnable thread
+    if worst > ncpu - 0.5:
+        return (f"WARNING: the machine was busy: 1-minute load average up to {worst:.1f} on "
+                f"{ncpu} CPU(s) during the timings; figures at more than one thread (and to a "
+                f"lesser extent all figures) are unreliable -- rerun on an idle machine.")
+    return None
+
+
 def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -452,6 +481,7 @@ def run_case(case, peers, threads, opts, out):
             for mode in opts.modes:
                 tasks.append(_Task(peer.name, mode,
                                    b.forward if mode == "fwd" else b.forward_backward))
+        load = _loadavg()
         t0 = time.perf_counter()
         with thread_count(n, peers):
             time_tasks(tasks, opts)
@@ -459,7 +489,7 @@ def run_case(case, peers, threads, opts, out):
              f"{time.perf_counter() - t0:.1f} s")
         for task in tasks:
             rec = {"case": case["name"], "op": case["op"], "tiny": case["tiny"],
-                   "threads": n, "mode": task.mode, "peer": task.peer}
+                   "threads": n, "mode": task.mode, "peer": task.peer, "load_1min": load}
             if task.error:
                 rec.update(status="error", error=task.error)
                 out["errors"].append(f"{case['name']} {task.mode} {task.peer} threads={n}: "
@@ -580,10 +610,12 @@ def write_png(report, path, peer_order):
     cases = [c["name"] for c in report["cases"]
              if any(r["case"] == c["name"] and r["mode"] == mode for r in rs)]
     peers = [p for p in peer_order if any(r["peer"] == p for r in rs)]
-    fig, axes = plt.subplots(1, len(threads), figsize=(max(6, 1.1 * len(cases)) * len(threads),
-                                                       4.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(threads), 1, figsize=(max(7.0, 0.75 * len(cases) + 2),
+                                                       3.6 * len(threads) + 0.6),
+                             squeeze=False, sharey=True)
     width = 0.8 / max(1, len(peers))
-    for ax, n in zip(axes[0], threads):
+    for ax, n in zip(axes[:, 0], threads):
+        singles = []
         for j, p in enumerate(peers):
             xs, ys = [], []
             for i, c in enumerate(cases):
@@ -591,16 +623,22 @@ def write_png(report, path, peer_order):
                     if (r["case"], r["peer"], r["threads"], r["mode"]) == (c, p, n, mode):
                         xs.append(i + (j - (len(peers) - 1) / 2) * width)
                         ys.append(r["ratio_vs_torch"])
-            ax.bar(xs, ys, width, label=p)
+                        singles.append(r["status"] == "single")
+            bars = ax.bar(xs, ys, width, label=p, color=f"C{j}")
+            for bar, single in zip(bars, singles[-len(ys):] if ys else []):
+                if single:
+                    bar.set_hatch("//")
         ax.axhline(1.0, color="k", lw=1)
         ax.set_yscale("log")
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, rotation=45, ha="right")
         ax.set_title(f"{mode}, {n} thread{'s' if n > 1 else ''}")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0][0].set_ylabel("time / PyTorch time (lower is faster)")
-    axes[0][-1].legend(fontsize="small")
-    fig.suptitle("cnnx bench: median time relative to PyTorch CPU")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("time / PyTorch time")
+    axes[0][0].legend(fontsize="small", ncol=len(peers))
+    fig.suptitle("cnnx bench: median time relative to PyTorch CPU (lower is faster; "
+                 "hatched = timed once)", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -611,11 +649,8 @@ def environment(peers, threads):
     env = {"python": platform.python_version(), "platform": platform.platform(),
            "machine": platform.machine(), "processor": platform.processor(),
            "cpu_count": os.cpu_count(), "numpy": np.__version__,
-           "threads": list(threads), "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    try:
-        env["cpus_available"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        pass
+           "threads": list(threads), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+           "cpus_available": _cpus(), "load_1min_at_end": _loadavg()}
     try:
         import cnnx
 
@@ -739,10 +774,7 @@ def _name_list(text):
 
 
 def _default_threads():
-    try:
-        ncpu = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        ncpu = os.cpu_count() or 1
+    ncpu = _cpus()
     return [1] if ncpu <= 1 else [1, min(ncpu, 2)]
 
 
@@ -852,7 +884,8 @@ def run(args):
         return 2
     peer_order = [p.name for p in peers]
     out = {"cases": cases, "results": [], "notes": list(notes), "mismatches": [], "errors": [],
-           "settings": {k: v for k, v in vars(args).items() if k != "func"}}
+           "settings": {k: v for k, v in vars(args).items() if k != "func"},
+           "load_1min_at_start": _loadavg()}
     t_start = time.perf_counter()
 
     baselines = {}
@@ -927,6 +960,9 @@ def report_text(out, peer_order):
     if "textbook" in out:
         lines.append("")
         lines.append(format_textbook(out["textbook"]))
+    warning = load_warning(out["results"])
+    if warning:
+        lines += ["", warning]
     for key in ("notes", "mismatches", "errors"):
         if out[key]:
             lines.append("")
