@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from typing import Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _activations, _conv, _pool
 from ._config import get_num_threads, set_num_threads
@@ -47,6 +49,10 @@ __all__ = [
 ]
 
 ALGORITHMS = ("auto", "direct", "gemm")
+
+Size = Union[int, Tuple[int, int], Sequence[int]]
+Padding = Union[Size, Literal["same", "valid"]]
+Algorithm = Literal["auto", "direct", "gemm"]
 
 # One im2col tile holds about this many values (per thread): 128 KiB of float32, so the
 # tile, its output and the weights stay in the L2 cache (measured best at 16-32K values).
@@ -165,7 +171,9 @@ def _gemm_plan(spec, backward):
     return samples, rows, size
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto"):
+def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, stride: Size = 1,
+           padding: Padding = 0, dilation: Size = 1, groups: int = 1, *,
+           algorithm: Algorithm = "auto") -> NDArray:
     """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
 
     ``x`` (N, C_in, H, W) or (C_in, H, W); ``weight`` (C_out, C_in/groups, KH, KW);
@@ -202,8 +210,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     return _finish(y, result, spec.batched)
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    algorithm="auto"):
+def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: Size = 1,
+                    padding: Padding = 0, dilation: Size = 1, groups: int = 1, *,
+                    algorithm: Algorithm = "auto") -> Tuple[NDArray, NDArray, NDArray]:
     """Gradients of :func:`conv2d`: returns ``(grad_x, grad_weight, grad_bias)``.
 
     Backward rule (the forward's sum read the other way round)::
@@ -243,7 +252,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
 # --------------------------------------------------------------------------
 # pooling
 # --------------------------------------------------------------------------
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+def max_pool2d(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+               dilation: Size = 1, ceil_mode: bool = False) -> Tuple[NDArray, NDArray]:
     """Max pooling, as ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
 
     Returns ``(y, indices)``; ``indices`` is int64, the flat position ``h*W + w``
@@ -269,7 +279,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return _finish(y, result, spec.batched), restore_batch(indices, spec.batched)
 
 
-def max_pool2d_backward(grad_out, indices, input_shape):
+def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike,
+                        input_shape: Sequence[int]) -> NDArray:
     """Gradient of :func:`max_pool2d`: each ``grad_out`` goes to its arg-max.
 
     ``grad_x[n, c].flat[indices[n, c, i, j]] += grad_out[n, c, i, j]``; every
@@ -288,8 +299,9 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     return _finish(grad_x, result, batched)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None):
+def avg_pool2d(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: Optional[int] = None) -> NDArray:
     """Average pooling, as ``torch.nn.functional.avg_pool2d``.
 
     ``y[n, c, i, j] = sum(x over the window clipped to the input) / divisor`` with
@@ -310,8 +322,10 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     return _finish(y, result, spec.batched)
 
 
-def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True, divisor_override=None):
+def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_size: Size,
+                        stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                        count_include_pad: bool = True,
+                        divisor_override: Optional[int] = None) -> NDArray:
     """Gradient of :func:`avg_pool2d`: each ``grad_out`` is split evenly (``/ divisor``)
     over the input elements of its window."""
     grad_out, spec, count_pad, divisor, result = prepare_avg_pool2d_backward(
@@ -331,7 +345,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
 # --------------------------------------------------------------------------
 # relu
 # --------------------------------------------------------------------------
-def relu(x):
+def relu(x: ArrayLike) -> NDArray:
     """``y = max(x, 0)`` elementwise; NaN stays NaN (as PyTorch)."""
     x, result = prepare_relu(x)
     y = np.empty(x.shape, dtype=x.dtype)
@@ -340,7 +354,7 @@ def relu(x):
     return _finish(y, result)
 
 
-def relu_backward(grad_out, x):
+def relu_backward(grad_out: ArrayLike, x: ArrayLike) -> NDArray:
     """``grad_x = grad_out where x > 0, else 0`` (derivative 0 at x == 0, as PyTorch)."""
     grad_out, x, result = prepare_relu_backward(grad_out, x)
     grad_x = np.empty(x.shape, dtype=x.dtype)
