@@ -42,10 +42,12 @@ from ._shapes import as_pair
 __all__ = [
     "AvgPool2d",
     "Conv2d",
+    "Dropout",
     "Flatten",
     "Linear",
     "MaxPool2d",
     "Module",
+    "Normalize",
     "ReLU",
     "Sequential",
     "from_config",
@@ -641,6 +643,98 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
+class Dropout(Module):
+    """Inverted dropout (``torch.nn.Dropout``): in training mode each element is
+    zeroed with probability ``p`` and the survivors are scaled by ``1/(1-p)``;
+    in evaluation mode (``eval()``) it is the identity. ``rng`` (int seed or
+    Generator) draws the masks.
+    """
+
+    def __init__(self, p=0.5, *, rng=None):
+        super().__init__()
+        try:
+            p = float(p)
+        except (TypeError, ValueError):
+            raise TypeError(f"p must be a probability, got {p!r}") from None
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability p must lie in [0, 1), got {p}")
+        self.p = p
+        self.rng = _as_rng(rng)
+
+    def forward(self, x):
+        x = _as_real_array(x, "x")
+        if not self.training or self.p == 0:
+            self._cache = (None, x.shape, x.dtype)
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64
+                               else np.float32) >= self.p
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._cache = (mask, x.shape, x.dtype)
+        return x * mask
+
+    def backward(self, grad_out):
+        mask, shape, dtype = self._cached()
+        g = self._check_grad_out(grad_out, shape, dtype)
+        return g if mask is None else g * mask
+
+    def _args(self):
+        return dict(p=self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Normalize(Module):
+    """Fixed standardisation ``(x - mean) / std`` (no trainable parameters).
+
+    ``mean`` and ``std`` are numbers, or sequences with one value per channel
+    (axis 1). Stored in the model's config, so a saved model carries the
+    statistics of the data it was trained on.
+    """
+
+    def __init__(self, mean=0.0, std=1.0):
+        super().__init__()
+        self.mean = self._stat(mean, "mean")
+        self.std = self._stat(std, "std")
+        if np.any(np.asarray(self.std) <= 0):
+            raise ValueError(f"std must be positive, got {std!r}")
+
+    @staticmethod
+    def _stat(v, name):
+        arr = np.asarray(v, dtype=np.float64)
+        if arr.ndim > 1 or not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must be a finite number or a 1-D sequence, got {v!r}")
+        return float(arr) if arr.ndim == 0 else [float(a) for a in arr]
+
+    def _broadcast(self, value, x):
+        arr = np.asarray(value, dtype=x.dtype)
+        if arr.ndim == 0:
+            return arr
+        if x.ndim < 2 or x.shape[1] != arr.size:
+            raise ValueError(f"Normalize has {arr.size} per-channel values but the input has "
+                             f"shape {x.shape}")
+        return arr.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward(self, x):
+        x = _as_real_array(x, "x")
+        y = (x - self._broadcast(self.mean, x)) / self._broadcast(self.std, x)
+        self._cache = (x, y.shape, y.dtype)
+        return y
+
+    def backward(self, grad_out):
+        x, shape, dtype = self._cached()
+        g = self._check_grad_out(grad_out, shape, dtype)
+        return g / self._broadcast(self.std, x)
+
+    def _args(self):
+        return dict(mean=self.mean, std=self.std)
+
+    def extra_repr(self):
+        def fmt(v):
+            return f"{v:.4g}" if isinstance(v, float) else "[" + ", ".join(f"{a:.4g}" for a in v) + "]"
+        return f"mean={fmt(self.mean)}, std={fmt(self.std)}"
+
+
 # --------------------------------------------------------------------------
 # containers
 # --------------------------------------------------------------------------
@@ -711,7 +805,7 @@ class Sequential(Module):
 # rebuilding from a config / a file
 # --------------------------------------------------------------------------
 _LAYERS = {cls.__name__: cls for cls in
-           (Conv2d, Linear, MaxPool2d, AvgPool2d, ReLU, Flatten, Sequential)}
+           (Conv2d, Linear, MaxPool2d, AvgPool2d, ReLU, Flatten, Dropout, Normalize, Sequential)}
 
 
 def from_config(config, rng=None):
@@ -730,7 +824,7 @@ def from_config(config, rng=None):
         if isinstance(args.get(key), list):
             args[key] = tuple(args[key])
     cls = _LAYERS[kind]
-    if cls in (Conv2d, Linear):
+    if cls in (Conv2d, Linear, Dropout):
         args["rng"] = rng
     return cls(**args)
 
