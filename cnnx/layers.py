@@ -666,8 +666,8 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self._cache = (None, x.shape, x.dtype)
             return x
-        keep = self.rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64
-                               else np.float32) >= self.p
+        # float64 draws whatever x's dtype: the same seed gives the same masks
+        keep = self.rng.random(x.shape) >= self.p
         mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
         self._cache = (mask, x.shape, x.dtype)
         return x * mask
