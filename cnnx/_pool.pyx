@@ -82,6 +82,24 @@ cdef PoolGeom make_geom(spec) except *:
     return g
 
 
+cdef Py_ssize_t[:, ::1] tap_ranges(const PoolGeom* g, Py_ssize_t dilation_w):
+    """For each tap column v: the outputs j whose window has v inside the input,
+    [ranges[v, 0], ranges[v, 1]).  They do not depend on the row, so every row
+    reuses them (no divisions in the row loops)."""
+    cdef Py_ssize_t[:, ::1] ranges = np.empty((g.KW, 2), dtype=np.intp)
+    cdef Py_ssize_t v
+    for v in range(g.KW):
+        valid_range(v * dilation_w - g.pad_w, g.stride_w, g.W, g.W_out, &ranges[v, 0], &ranges[v, 1])
+    return ranges
+
+
+cdef inline void chunk_range(const Py_ssize_t* ranges, Py_ssize_t v, Py_ssize_t j0, Py_ssize_t jn,
+                             Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Tap v's output range cut to the chunk [j0, j0+jn), relative to j0."""
+    lo[0] = max(ranges[2 * v], j0) - j0
+    hi[0] = max(min(ranges[2 * v + 1], j0 + jn) - j0, lo[0])
+
+
 # ---------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------
@@ -90,7 +108,8 @@ cdef enum:
 
 
 cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
-                       const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col) noexcept nogil:
+                       const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col,
+                       const Py_ssize_t* ranges) noexcept nogil:
     """Output row i of one plane, walked tap by tap in window order (u, then v).
 
     Each output j first holds -inf and the index of its first tap inside the
@@ -118,7 +137,7 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
             x_row = x_plane + ih * g.W
             for v in range(g.KW):
                 off = v * g.dilation_w - g.pad_w + j0 * g.stride_w
-                valid_range(off, g.stride_w, g.W, jn, &j_lo, &j_hi)
+                chunk_range(ranges, v, j0, jn, &j_lo, &j_hi)
                 for j in range(j_lo, j_hi):
                     max_update(x_row[j * g.stride_w + off], ih * g.W + j * g.stride_w + off,
                                &best[j], &best_idx[j])
@@ -140,10 +159,12 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
         w0 = j * g.stride_w - g.pad_w
         valid_range(w0, g.dilation_w, g.W, g.KW, &v_lo, &v_hi)
         first_col[j] = w0 + v_lo * g.dilation_w
+    cdef Py_ssize_t[:, ::1] ranges = tap_ranges(&g, g.dilation_w)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0])
+        max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
+                     &ranges[0, 0])
 
 
 def max_pool_backward(const floating[:, ::1] grad_out,     # (P, H_out*W_out)
@@ -178,37 +199,39 @@ cdef inline void window_span(Py_ssize_t start, Py_ssize_t kernel, Py_ssize_t siz
 
 
 cdef void avg_divisors(const PoolGeom* g, bint count_include_pad, Py_ssize_t divisor_override,
-                       Py_ssize_t i, Py_ssize_t* h_lo, Py_ssize_t* h_hi, double* row_factor,
-                       const double* col_factor, floating* inv_div) noexcept nogil:
+                       Py_ssize_t i, Py_ssize_t* h_lo, Py_ssize_t* h_hi,
+                       const double* inv_col, floating* inv_div) noexcept nogil:
     """Clipped rows [h_lo, h_hi) of output row i and 1/divisor of each output of the row.
 
     divisor = divisor_override, else (count_include_pad) the window size cut at
-    the padding, else the number of input elements in the window.
+    the padding, else the number of input elements in the window; it is the
+    product of a row and a column factor, so 1/divisor = (1/row) * (1/column).
     """
     cdef Py_ssize_t padded, j
+    cdef double inv_row
     window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, h_lo, h_hi, &padded)
-    row_factor[0] = padded if count_include_pad else h_hi[0] - h_lo[0]
-    for j in range(g.W_out):
-        if divisor_override != 0:
+    if divisor_override != 0:
+        for j in range(g.W_out):
             inv_div[j] = <floating> (1.0 / divisor_override)
-        else:
-            inv_div[j] = <floating> (1.0 / (row_factor[0] * col_factor[j]))
+        return
+    inv_row = 1.0 / (padded if count_include_pad else h_hi[0] - h_lo[0])
+    for j in range(g.W_out):
+        inv_div[j] = <floating> (inv_row * inv_col[j])
 
 
 cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_div,
                        const PoolGeom* g, Py_ssize_t i, bint count_include_pad,
-                       Py_ssize_t divisor_override, const double* col_factor) noexcept nogil:
+                       Py_ssize_t divisor_override, const double* inv_col,
+                       const Py_ssize_t* ranges) noexcept nogil:
     """Output row i of one plane: sum tap by tap over the row, then scale by 1/divisor.
 
     The sums live in a small local array, which the compiler can keep apart
     from the input (no aliasing) and vectorise.
     """
     cdef Py_ssize_t h_lo, h_hi, ih, v, j, j0, jn, j_lo, j_hi, off
-    cdef double row_factor
     cdef floating acc[CHUNK]
     cdef const floating* x_row
-    avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, &row_factor,
-                 col_factor, inv_div)
+    avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, inv_col, inv_div)
     j0 = 0
     while j0 < g.W_out:
         jn = min(<Py_ssize_t> CHUNK, g.W_out - j0)
@@ -218,9 +241,17 @@ cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_d
             x_row = x_plane + ih * g.W
             for v in range(g.KW):
                 off = v - g.pad_w + j0 * g.stride_w
-                valid_range(off, g.stride_w, g.W, jn, &j_lo, &j_hi)
-                for j in range(j_lo, j_hi):
-                    acc[j] += x_row[j * g.stride_w + off]
+                chunk_range(ranges, v, j0, jn, &j_lo, &j_hi)
+                # constant strides for the common cases let the compiler vectorise
+                if g.stride_w == 1:
+                    for j in range(j_lo, j_hi):
+                        acc[j] += x_row[j + off]
+                elif g.stride_w == 2:
+                    for j in range(j_lo, j_hi):
+                        acc[j] += x_row[2 * j + off]
+                else:
+                    for j in range(j_lo, j_hi):
+                        acc[j] += x_row[j * g.stride_w + off]
         for j in range(jn):
             y_row[j0 + j] = acc[j] * inv_div[j0 + j]
         j0 += jn
@@ -228,16 +259,15 @@ cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_d
 
 cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, floating* share,
                               const PoolGeom* g, bint count_include_pad,
-                              Py_ssize_t divisor_override, const double* col_factor) noexcept nogil:
+                              Py_ssize_t divisor_override, const double* inv_col,
+                              const Py_ssize_t* ranges) noexcept nogil:
     """gx_plane[window of (i, j)] += gy_plane[i, j] / divisor, row by row, tap by tap
     (gx_plane zero-filled by the caller)."""
     cdef Py_ssize_t i, h_lo, h_hi, ih, v, j, j_lo, j_hi, off
-    cdef double row_factor
     cdef floating* gx_row
     cdef const floating* gy_row
     for i in range(g.H_out):
-        avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, &row_factor,
-                     col_factor, share)
+        avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, inv_col, share)
         gy_row = gy_plane + i * g.W_out
         for j in range(g.W_out):
             share[j] *= gy_row[j]
@@ -245,20 +275,21 @@ cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, floa
             gx_row = gx_plane + ih * g.W
             for v in range(g.KW):
                 off = v - g.pad_w
-                valid_range(off, g.stride_w, g.W, g.W_out, &j_lo, &j_hi)
+                j_lo = ranges[2 * v]
+                j_hi = ranges[2 * v + 1]
                 for j in range(j_lo, j_hi):
                     gx_row[j * g.stride_w + off] += share[j]
 
 
-cdef double[::1] column_factors(const PoolGeom* g, bint count_include_pad):
-    """Per output column: the window width cut at the padding (count_include_pad) or
-    clipped to the input."""
-    cdef double[::1] col_factor = np.empty(max(g.W_out, 1), dtype=np.float64)
+cdef double[::1] inverse_column_factors(const PoolGeom* g, bint count_include_pad):
+    """Per output column: 1 / (the window width cut at the padding (count_include_pad)
+    or clipped to the input)."""
+    cdef double[::1] inv_col = np.empty(max(g.W_out, 1), dtype=np.float64)
     cdef Py_ssize_t j, lo, hi, padded
     for j in range(g.W_out):
         window_span(j * g.stride_w - g.pad_w, g.KW, g.W, g.pad_w, &lo, &hi, &padded)
-        col_factor[j] = padded if count_include_pad else hi - lo
-    return col_factor
+        inv_col[j] = 1.0 / (padded if count_include_pad else hi - lo)
+    return inv_col
 
 
 def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
@@ -268,12 +299,13 @@ def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
     """One (plane, output row) per work item."""
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t item, p, i
-    cdef double[::1] col_factor = column_factors(&g, count_include_pad)
+    cdef double[::1] inv_col = inverse_column_factors(&g, count_include_pad)
+    cdef Py_ssize_t[:, ::1] ranges = tap_ranges(&g, 1)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
         avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &work[threadid(), 0], &g, i, count_include_pad,
-                     divisor_override, &col_factor[0])
+                     divisor_override, &inv_col[0], &ranges[0, 0])
 
 
 def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
@@ -283,7 +315,8 @@ def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
     """One plane per work item (a plane's windows overlap when stride < kernel)."""
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t p
-    cdef double[::1] col_factor = column_factors(&g, count_include_pad)
+    cdef double[::1] inv_col = inverse_column_factors(&g, count_include_pad)
+    cdef Py_ssize_t[:, ::1] ranges = tap_ranges(&g, 1)
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
         avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &work[threadid(), 0], &g,
-                            count_include_pad, divisor_override, &col_factor[0])
+                            count_include_pad, divisor_override, &inv_col[0], &ranges[0, 0])
