@@ -59,12 +59,15 @@ Algorithm = Literal["auto", "direct", "gemm"]
 TILE_ELEMENTS = 1 << 15
 # ... but at least this many columns (output pixels), or the GEMM is too thin to be fast.
 TILE_MIN_COLUMNS = 256
-# Below this many multiply-adds a call runs on one thread (thread start-up costs more).
-_PARALLEL_MIN_WORK = 1 << 15
+# Below this much work a call runs on one thread: waking a sleeping OpenMP worker costs
+# ~10-30 us, so only calls worth ~100 us or more go parallel.  Work is counted in
+# pooling window taps / elements; a conv multiply-add (run by BLAS) counts 1/16.
+_PARALLEL_MIN_WORK = 1 << 18
+_CONV_WORK_SCALE = 16
 
 
 def _threads_for(work, items):
-    """Threads for a call doing ``work`` multiply-adds split into ``items`` pieces."""
+    """Threads for a call doing ``work`` units split into ``items`` pieces."""
     n = get_num_threads()
     if work < _PARALLEL_MIN_WORK:
         return 1
@@ -196,7 +199,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=x.dtype)
     algo = _choose_algorithm(algorithm, spec)
-    work = _conv_work(spec)
+    work = _conv_work(spec) // _CONV_WORK_SCALE
     if algo == "direct":
         n_threads = _threads_for(work, spec.N * spec.C_out)
         _conv.forward_direct(x, weight, b, has_bias, y, spec, n_threads)
@@ -231,7 +234,7 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
         algo = _choose_algorithm(algorithm, spec)
-        work = _conv_work(spec)
+        work = _conv_work(spec) // _CONV_WORK_SCALE
         if algo == "direct":
             grad_w = np.empty(weight.shape, dtype=x.dtype)
             n_threads = _threads_for(work, spec.N * spec.C_in)
