@@ -130,7 +130,7 @@ def test_lenet_fits_input_sizes(hw):
     assert out.shape == (2, 10) and out.dtype == np.float32
     kinds = [type(layer).__name__ for layer in model]
     assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
-                     "Linear", "ReLU", "Dropout", "Linear"]
+                     "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
     with pytest.raises(ValueError, match="at least"):
         training.lenet(input_hw=(3, 8))
 
