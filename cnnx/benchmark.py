@@ -670,7 +670,12 @@ def environment(peers, threads):
            "machine": platform.machine(), "processor": platform.processor(),
            "cpu_count": os.cpu_count(), "numpy": np.__version__,
            "threads": list(threads), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-           "cpus_available": _cpus(), "load_1min_at_end": _loadavg()}
+           "cpus_available": _cpus(), "load_1min_at_end": _loadavg(),
+           # every peer's OpenMP runtime reads these (importing cnnx sets
+           # OMP_WAIT_POLICY=PASSIVE unless it was set already)
+           "env_vars": {k: os.environ.get(k) for k in (
+               "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CNNX_NUM_THREADS", "GOMP_SPINCOUNT",
+               "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS")}}
     try:
         import cnnx
 
