@@ -490,7 +490,8 @@ class Linear(Module):
                     bias=self.has_bias, dtype=self.dtype.name)
 
     def extra_repr(self):
-        s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}"
+        s = (f"in_features={self.in_features}, out_features={self.out_features}, "
+             f"bias={self.has_bias}")
         if self.dtype != np.float32:
             s += f", dtype={self.dtype.name}"
         return s
@@ -731,7 +732,9 @@ class Normalize(Module):
 
     def extra_repr(self):
         def fmt(v):
-            return f"{v:.4g}" if isinstance(v, float) else "[" + ", ".join(f"{a:.4g}" for a in v) + "]"
+            if isinstance(v, float):
+                return f"{v:.4g}"
+            return "[" + ", ".join(f"{a:.4g}" for a in v) + "]"
         return f"mean={fmt(self.mean)}, std={fmt(self.std)}"
 
 

@@ -139,7 +139,6 @@ def test_lenet_fits_input_sizes(hw):
 # command line
 # --------------------------------------------------------------------------
 def _write_tiny_mnist(directory, n_train=40, n_test=20):
-    rng = np.random.default_rng(0)
     os.makedirs(directory, exist_ok=True)
     X, y = _toy_digits(n_train + n_test, hw=28)
     X = (X[:, 0] / X.max() * 255).astype(np.uint8)
@@ -147,7 +146,6 @@ def _write_tiny_mnist(directory, n_train=40, n_test=20):
     save_idx(os.path.join(directory, "train-labels-idx1-ubyte"), y[:n_train].astype(np.uint8))
     save_idx(os.path.join(directory, "t10k-images-idx3-ubyte"), X[n_train:])
     save_idx(os.path.join(directory, "t10k-labels-idx1-ubyte.gz"), y[n_train:].astype(np.uint8))
-    del rng
 
 
 def test_cli_train_and_evaluate_digits(tmp_path, capsys):
