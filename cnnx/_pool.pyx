@@ -69,6 +69,7 @@ cdef inline void max_update(floating val, long long cand, floating* best,
 cdef struct PoolGeom:
     Py_ssize_t P, H, W, KH, KW, stride_h, stride_w, pad_h, pad_w
     Py_ssize_t dilation_h, dilation_w, H_out, W_out
+    Py_ssize_t n_taps  # rows of the tap table (set by tap_ranges)
 
 
 cdef PoolGeom make_geom(spec) except *:
@@ -82,22 +83,42 @@ cdef PoolGeom make_geom(spec) except *:
     return g
 
 
-cdef Py_ssize_t[:, ::1] tap_ranges(const PoolGeom* g, Py_ssize_t dilation_w):
-    """For each tap column v: the outputs j whose window has v inside the input,
-    [ranges[v, 0], ranges[v, 1]).  They do not depend on the row, so every row
-    reuses them (no divisions in the row loops)."""
-    cdef Py_ssize_t[:, ::1] ranges = np.empty((g.KW, 2), dtype=np.intp)
-    cdef Py_ssize_t v
-    for v in range(g.KW):
-        valid_range(v * dilation_w - g.pad_w, g.stride_w, g.W, g.W_out, &ranges[v, 0], &ranges[v, 1])
-    return ranges
+cdef Py_ssize_t[:, ::1] tap_ranges(PoolGeom* g, Py_ssize_t dilation_w):
+    """The kernel columns v that fall inside the input for at least one output,
+    in increasing order, each with the outputs j whose window has v inside the
+    input: rows ``(v, j_lo, j_hi)``, ``g.n_taps`` of them.  They do not depend on the row, so every row
+    reuses them (no divisions in the row loops), and taps that never touch the
+    input are not visited at all (a window far wider than the input costs
+    O(W), not O(kernel width)).
+    """
+    # Output j sees the taps [a_j, b_j); both ends fall as j grows, so walking j
+    # downwards visits the union of these intervals in increasing order.
+    cdef Py_ssize_t j, a, b, v, t, n = 0, end = 0
+    for j in range(g.W_out - 1, -1, -1):
+        valid_range(j * g.stride_w - g.pad_w, dilation_w, g.W, g.KW, &a, &b)
+        a = max(a, end)
+        if b > a:
+            n += b - a
+            end = b
+    cdef Py_ssize_t[:, ::1] taps = np.empty((max(n, 1), 3), dtype=np.intp)
+    t = 0
+    end = 0
+    for j in range(g.W_out - 1, -1, -1):
+        valid_range(j * g.stride_w - g.pad_w, dilation_w, g.W, g.KW, &a, &b)
+        for v in range(max(a, end), b):
+            taps[t, 0] = v
+            valid_range(v * dilation_w - g.pad_w, g.stride_w, g.W, g.W_out, &taps[t, 1], &taps[t, 2])
+            t += 1
+        end = max(end, b)
+    g.n_taps = n
+    return taps
 
 
-cdef inline void chunk_range(const Py_ssize_t* ranges, Py_ssize_t v, Py_ssize_t j0, Py_ssize_t jn,
+cdef inline void chunk_range(const Py_ssize_t* taps, Py_ssize_t t, Py_ssize_t j0, Py_ssize_t jn,
                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Tap v's output range cut to the chunk [j0, j0+jn), relative to j0."""
-    lo[0] = max(ranges[2 * v], j0) - j0
-    hi[0] = max(min(ranges[2 * v + 1], j0 + jn) - j0, lo[0])
+    """Tap row t's output range cut to the chunk [j0, j0+jn), relative to j0."""
+    lo[0] = max(taps[3 * t + 1], j0) - j0
+    hi[0] = max(min(taps[3 * t + 2], j0 + jn) - j0, lo[0])
 
 
 # ---------------------------------------------------------------------------
@@ -109,7 +130,7 @@ cdef enum:
 
 cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
                        const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col,
-                       const Py_ssize_t* ranges) noexcept nogil:
+                       const Py_ssize_t* taps) noexcept nogil:
     """Output row i of one plane, walked tap by tap in window order (u, then v).
 
     Each output j first holds -inf and the index of its first tap inside the
@@ -120,7 +141,7 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
     ``max_update`` is branch-free (on real data the comparison is unpredictable).
     """
     cdef Py_ssize_t h0 = i * g.stride_h - g.pad_h
-    cdef Py_ssize_t u_lo, u_hi, u, v, j, j0, jn, j_lo, j_hi, ih, off
+    cdef Py_ssize_t u_lo, u_hi, u, v, t, j, j0, jn, j_lo, j_hi, ih, off
     cdef floating best[CHUNK]
     cdef long long best_idx[CHUNK]
     cdef const floating* x_row
@@ -135,9 +156,10 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
         for u in range(u_lo, u_hi):
             ih = h0 + u * g.dilation_h
             x_row = x_plane + ih * g.W
-            for v in range(g.KW):
+            for t in range(g.n_taps):
+                v = taps[3 * t]
                 off = v * g.dilation_w - g.pad_w + j0 * g.stride_w
-                chunk_range(ranges, v, j0, jn, &j_lo, &j_hi)
+                chunk_range(taps, t, j0, jn, &j_lo, &j_hi)
                 for j in range(j_lo, j_hi):
                     max_update(x_row[j * g.stride_w + off], ih * g.W + j * g.stride_w + off,
                                &best[j], &best_idx[j])
@@ -159,21 +181,27 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
         w0 = j * g.stride_w - g.pad_w
         valid_range(w0, g.dilation_w, g.W, g.KW, &v_lo, &v_hi)
         first_col[j] = w0 + v_lo * g.dilation_w
-    cdef Py_ssize_t[:, ::1] ranges = tap_ranges(&g, g.dilation_w)
+    cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, g.dilation_w)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
         max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
-                     &ranges[0, 0])
+                     &taps[0, 0])
 
 
 def max_pool_backward(const floating[:, ::1] grad_out,     # (P, H_out*W_out)
                       const long long[:, ::1] indices,     # (P, H_out*W_out), each in [0, H*W)
                       floating[:, ::1] grad_x,             # OUT, zero-filled (P, H*W)
                       int n_threads):
-    """grad_x[p, indices[p, k]] += grad_out[p, k]; one plane per work item."""
-    cdef Py_ssize_t P = grad_out.shape[0], L = grad_out.shape[1]
-    cdef Py_ssize_t p, k
+    """grad_x[p, indices[p, k]] += grad_out[p, k]; one plane per work item.
+
+    Each index is read once and checked before it is used: an index outside
+    [0, H*W) is skipped and counted, never written through (the caller raises
+    IndexError when the returned count is not zero).
+    """
+    cdef Py_ssize_t P = grad_out.shape[0], L = grad_out.shape[1], HW = grad_x.shape[1]
+    cdef Py_ssize_t p, k, n_bad = 0
+    cdef long long t
     cdef floating* gx
     cdef const floating* gy
     cdef const long long* idx
@@ -182,7 +210,12 @@ def max_pool_backward(const floating[:, ::1] grad_out,     # (P, H_out*W_out)
         gy = &grad_out[p, 0]
         idx = &indices[p, 0]
         for k in range(L):
-            gx[idx[k]] += gy[k]
+            t = idx[k]
+            if <unsigned long long> t < <unsigned long long> HW:
+                gx[t] += gy[k]
+            else:
+                n_bad += 1
+    return n_bad
 
 
 # ---------------------------------------------------------------------------
@@ -222,13 +255,13 @@ cdef void avg_divisors(const PoolGeom* g, bint count_include_pad, Py_ssize_t div
 cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_div,
                        const PoolGeom* g, Py_ssize_t i, bint count_include_pad,
                        Py_ssize_t divisor_override, const double* inv_col,
-                       const Py_ssize_t* ranges) noexcept nogil:
+                       const Py_ssize_t* taps) noexcept nogil:
     """Output row i of one plane: sum tap by tap over the row, then scale by 1/divisor.
 
     The sums live in a small local array, which the compiler can keep apart
     from the input (no aliasing) and vectorise.
     """
-    cdef Py_ssize_t h_lo, h_hi, ih, v, j, j0, jn, j_lo, j_hi, off
+    cdef Py_ssize_t h_lo, h_hi, ih, t, j, j0, jn, j_lo, j_hi, off
     cdef floating acc[CHUNK]
     cdef const floating* x_row
     avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, inv_col, inv_div)
@@ -239,9 +272,9 @@ cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_d
             acc[j] = 0
         for ih in range(h_lo, h_hi):
             x_row = x_plane + ih * g.W
-            for v in range(g.KW):
-                off = v - g.pad_w + j0 * g.stride_w
-                chunk_range(ranges, v, j0, jn, &j_lo, &j_hi)
+            for t in range(g.n_taps):
+                off = taps[3 * t] - g.pad_w + j0 * g.stride_w
+                chunk_range(taps, t, j0, jn, &j_lo, &j_hi)
                 # constant strides for the common cases let the compiler vectorise
                 if g.stride_w == 1:
                     for j in range(j_lo, j_hi):
@@ -260,10 +293,10 @@ cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_d
 cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, floating* share,
                               const PoolGeom* g, bint count_include_pad,
                               Py_ssize_t divisor_override, const double* inv_col,
-                              const Py_ssize_t* ranges) noexcept nogil:
+                              const Py_ssize_t* taps) noexcept nogil:
     """gx_plane[window of (i, j)] += gy_plane[i, j] / divisor, row by row, tap by tap
     (gx_plane zero-filled by the caller)."""
-    cdef Py_ssize_t i, h_lo, h_hi, ih, v, j, j_lo, j_hi, off
+    cdef Py_ssize_t i, h_lo, h_hi, ih, t, j, j_lo, j_hi, off
     cdef floating* gx_row
     cdef const floating* gy_row
     for i in range(g.H_out):
@@ -273,10 +306,10 @@ cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, floa
             share[j] *= gy_row[j]
         for ih in range(h_lo, h_hi):
             gx_row = gx_plane + ih * g.W
-            for v in range(g.KW):
-                off = v - g.pad_w
-                j_lo = ranges[2 * v]
-                j_hi = ranges[2 * v + 1]
+            for t in range(g.n_taps):
+                off = taps[3 * t] - g.pad_w
+                j_lo = taps[3 * t + 1]
+                j_hi = taps[3 * t + 2]
                 for j in range(j_lo, j_hi):
                     gx_row[j * g.stride_w + off] += share[j]
 
@@ -300,12 +333,12 @@ def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t item, p, i
     cdef double[::1] inv_col = inverse_column_factors(&g, count_include_pad)
-    cdef Py_ssize_t[:, ::1] ranges = tap_ranges(&g, 1)
+    cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
         avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &work[threadid(), 0], &g, i, count_include_pad,
-                     divisor_override, &inv_col[0], &ranges[0, 0])
+                     divisor_override, &inv_col[0], &taps[0, 0])
 
 
 def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
@@ -316,7 +349,7 @@ def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t p
     cdef double[::1] inv_col = inverse_column_factors(&g, count_include_pad)
-    cdef Py_ssize_t[:, ::1] ranges = tap_ranges(&g, 1)
+    cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
         avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &work[threadid(), 0], &g,
-                            count_include_pad, divisor_override, &inv_col[0], &ranges[0, 0])
+                            count_include_pad, divisor_override, &inv_col[0], &taps[0, 0])

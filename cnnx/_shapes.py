@@ -43,6 +43,12 @@ __all__ = [
 # Largest dimension a 32-bit BLAS integer can hold; the GEMM path checks it.
 BLAS_INT_MAX = 2**31 - 1
 
+# Largest stride, padding, dilation, kernel size or divisor accepted.  No array
+# dimension can reach 2**56 on a 64-bit machine, so larger values never describe
+# a real window; refusing them keeps every index sum the kernels form (a few such
+# terms) exact in 64-bit integers instead of wrapping around.
+GEOMETRY_MAX = 2**56
+
 
 # --------------------------------------------------------------------------
 # scalar options
@@ -57,6 +63,17 @@ def _as_int(value, name):
     return operator.index(value)
 
 
+def _geometry_int(value, name):
+    """An int for a window option, refused (ValueError) beyond ``GEOMETRY_MAX``."""
+    v = _as_int(value, name)
+    if abs(v) > GEOMETRY_MAX:
+        raise ValueError(
+            f"{name} must be at most 2**56 in magnitude (no array dimension is that large), "
+            f"got {value!r}"
+        )
+    return v
+
+
 def as_pair(value, name):
     """An int or a sequence of one or two ints -> ``(h, w)``."""
     if isinstance(value, (str, bytes)):
@@ -66,17 +83,17 @@ def as_pair(value, name):
     try:
         items = tuple(value)
     except TypeError:
-        v = _as_int(value, name)
+        v = _geometry_int(value, name)
         return (v, v)
     if len(items) == 1:
-        v = _as_int(items[0], name)
+        v = _geometry_int(items[0], name)
         return (v, v)
     if len(items) != 2:
         raise ValueError(
             f"{name} must be an int or a pair of ints, got a sequence of length "
             f"{len(items)}: {value!r}"
         )
-    return (_as_int(items[0], name), _as_int(items[1], name))
+    return (_geometry_int(items[0], name), _geometry_int(items[1], name))
 
 
 def _positive_pair(value, name):
@@ -93,7 +110,7 @@ def _nonnegative_pair(value, name):
     return pair
 
 
-def _as_bool(value, name):
+def as_bool(value, name):
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, numbers.Integral) and value in (0, 1):
@@ -367,7 +384,7 @@ def _pool_spec(in_shape, kernel_size, stride, padding, dilation, ceil_mode, batc
     stride = kernel if stride is None else _positive_pair(stride, "stride")
     pad = _nonnegative_pair(padding, "padding")
     dil = _positive_pair(dilation, "dilation")
-    ceil_mode = _as_bool(ceil_mode, "ceil_mode")
+    ceil_mode = as_bool(ceil_mode, "ceil_mode")
     if C <= 0 or H <= 0 or W <= 0:
         raise ValueError(
             f"{name} must have non-zero channels, height and width (only the batch may be "
@@ -451,11 +468,23 @@ def prepare_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
     return _contiguous(x, compute), spec, result
 
 
-def prepare_max_pool2d_backward(grad_out, indices, input_shape):
+def index_error(bad, input_shape):
+    """The IndexError for an index ``bad`` outside the (H, W) plane of ``input_shape``."""
+    H, W = tuple(input_shape)[-2:]
+    found = "" if bad is None else f"found {bad}, but "
+    return IndexError(
+        f"indices out of range: {found}every index must lie in [0, {H * W}) "
+        f"for input_shape {tuple(input_shape)!r} (flat h*W + w within each plane)"
+    )
+
+
+def prepare_max_pool2d_backward(grad_out, indices, input_shape, check_indices=True):
     """-> ``(grad_out, indices, (N, C, H, W), batched, result_dtype)``.
 
     ``indices`` must be an integer array of grad_out's shape whose entries are
     flat ``h*W + w`` positions inside the (H, W) plane; anything else raises.
+    ``check_indices=False`` leaves the range check to the caller (the compiled
+    kernel checks every index as it reads it).
     """
     grad_out = _as_numeric_array(grad_out, "grad_out")
     if indices is None:
@@ -487,24 +516,32 @@ def prepare_max_pool2d_backward(grad_out, indices, input_shape):
             f"grad_out's batch and channel sizes {_shape_str(grad_out.shape)} do not match "
             f"input_shape {tuple(input_shape)!r}"
         )
-    if indices.size:
-        lo, hi = int(indices.min()), int(indices.max())
-        if lo < 0 or hi >= H * W:
-            bad = lo if lo < 0 else hi
-            raise IndexError(
-                f"indices out of range: found {bad}, but every index must lie in [0, {H * W}) "
-                f"for input_shape {tuple(input_shape)!r} (flat h*W + w within each plane)"
-            )
+    if check_indices:
+        bad = first_bad_index(indices, H * W)
+        if bad is not None:
+            raise index_error(bad, input_shape)
     compute, result = _common_dtypes([grad_out])
     g4 = _contiguous(g4, compute)
     idx4 = _contiguous(indices if batched else indices[np.newaxis], np.int64)
     return g4, idx4, shape, batched, result
 
 
+def first_bad_index(indices, plane_size):
+    """An entry of ``indices`` outside ``[0, plane_size)`` (the lowest negative or the
+    largest too-large one), or None."""
+    if indices.size:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0:
+            return lo
+        if hi >= plane_size:
+            return hi
+    return None
+
+
 def _divisor(divisor_override):
     if divisor_override is None:
         return 0
-    d = _as_int(divisor_override, "divisor_override")
+    d = _geometry_int(divisor_override, "divisor_override")
     if d == 0:
         raise ValueError("divisor_override must not be zero")
     return d
@@ -516,7 +553,7 @@ def prepare_avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include
     x = _as_numeric_array(x, "x")
     x, batched = _as_4d(x, "x")
     spec = _pool_spec(x.shape, kernel_size, stride, padding, 1, ceil_mode, batched)
-    count_include_pad = _as_bool(count_include_pad, "count_include_pad")
+    count_include_pad = as_bool(count_include_pad, "count_include_pad")
     divisor = _divisor(divisor_override)
     compute, result = _common_dtypes([x])
     return _contiguous(x, compute), spec, count_include_pad, divisor, result
@@ -529,7 +566,7 @@ def prepare_avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padd
     shape, batched = _input_shape(input_shape)
     spec = _pool_spec(shape, kernel_size, stride, padding, 1, ceil_mode, batched,
                       name="input_shape")
-    count_include_pad = _as_bool(count_include_pad, "count_include_pad")
+    count_include_pad = as_bool(count_include_pad, "count_include_pad")
     divisor = _divisor(divisor_override)
     _check_grad_shape(grad_out, spec, "avg_pool2d")
     compute, result = _common_dtypes([grad_out])

@@ -24,6 +24,8 @@ from . import _activations, _conv, _pool
 from ._config import get_num_threads, set_num_threads
 from ._shapes import (
     BLAS_INT_MAX,
+    first_bad_index,
+    index_error,
     prepare_avg_pool2d,
     prepare_avg_pool2d_backward,
     prepare_conv2d,
@@ -289,16 +291,20 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike,
     ``grad_x[n, c].flat[indices[n, c, i, j]] += grad_out[n, c, i, j]``; every
     index must lie in ``[0, H*W)`` (IndexError otherwise).
     """
-    grad_out, indices, shape, batched, result = prepare_max_pool2d_backward(
-        grad_out, indices, input_shape)
+    # the kernel checks each index as it reads it (also safe if another thread
+    # changes `indices` during the call), so no separate pass over them here
+    grad_out, idx, shape, batched, result = prepare_max_pool2d_backward(
+        grad_out, indices, input_shape, check_indices=False)
     N, C, H, W = shape
     grad_x = np.zeros(shape, dtype=grad_out.dtype)
     P = N * C
     if P and grad_out.size:
         L = grad_out.shape[2] * grad_out.shape[3]
         n_threads = _threads_for(grad_out.size, P)
-        _pool.max_pool_backward(grad_out.reshape(P, L), indices.reshape(P, L),
-                                grad_x.reshape(P, H * W), n_threads)
+        n_bad = _pool.max_pool_backward(grad_out.reshape(P, L), idx.reshape(P, L),
+                                        grad_x.reshape(P, H * W), n_threads)
+        if n_bad:
+            raise index_error(first_bad_index(np.asarray(indices), H * W), input_shape)
     return _finish(grad_x, result, batched)
 
 

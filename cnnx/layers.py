@@ -37,7 +37,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from . import functional as F
-from ._shapes import as_pair
+from ._shapes import as_bool, as_pair
 
 __all__ = [
     "AvgPool2d",
@@ -515,7 +515,7 @@ class MaxPool2d(Module):
         self.stride = self.kernel_size if stride is None else as_pair(stride, "stride")
         self.padding = as_pair(padding, "padding")
         self.dilation = as_pair(dilation, "dilation")
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = as_bool(ceil_mode, "ceil_mode")
 
     def _kwargs(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
@@ -552,8 +552,8 @@ class AvgPool2d(Module):
         self.kernel_size = as_pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else as_pair(stride, "stride")
         self.padding = as_pair(padding, "padding")
-        self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.ceil_mode = as_bool(ceil_mode, "ceil_mode")
+        self.count_include_pad = as_bool(count_include_pad, "count_include_pad")
         if divisor_override is not None:
             divisor_override = _positive_int(divisor_override, "divisor_override")
         self.divisor_override = divisor_override
