@@ -227,7 +227,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     Row tiles of one sample overlap in grad_x (neighbouring receptive fields),
     so a work item owns whole samples and walks their row tiles in order;
     each thread accumulates grad_weight in its own row of ``grad_w_acc`` and
-    the caller sums the rows.
+    the caller sums the rows (in thread order: run-to-run deterministic).
     """
     cdef Geom p = make_geom(spec)
     cdef Py_ssize_t nb = samples_per_tile
@@ -247,8 +247,10 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     cdef int ld_x, ld_gy
     if n_items == 0:
         return
+    # static schedule: which thread sums which items (and so the rounding of
+    # grad_weight) is the same on every call, as in PyTorch
     with nogil, parallel(num_threads=n_threads):
-        for item in prange(n_items, schedule="dynamic"):
+        for item in prange(n_items, schedule="static"):
             col = &work[threadid(), 0]
             gcol = col + tile_size
             gy_t = gcol + tile_size
@@ -300,13 +302,15 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
 # ---------------------------------------------------------------------------
 # direct algorithm: the formula's loops
 # ---------------------------------------------------------------------------
-cdef inline void tap_accumulate(const floating* src, floating* dst, floating w, const Geom* p,
+cdef inline void tap_accumulate(const floating* src, double* dst, double w, const Geom* p,
                                 Py_ssize_t u, Py_ssize_t v, bint to_input) noexcept nogil:
     """One kernel tap (u, v) between an input plane and an output plane.
 
     forward  (to_input False): out[i, j] += w * in[i*S_h - P_top + u*D_h, j*S_w - P_left + v*D_w]
     backward (to_input True):  in[same place] += w * out[i, j]
-    ``src``/``dst`` are (in, out) going forward and (out, in) going backward.
+    ``src`` is the plane read (in going forward, out going backward) and ``dst``
+    the plane summed into, kept in double so that float32 sums over many taps
+    stay as accurate as a float32 GEMM's.
     """
     cdef Py_ssize_t ih_off = u * p.dilation_h - p.pad_top
     cdef Py_ssize_t iw_off = v * p.dilation_w - p.pad_left
@@ -325,31 +329,40 @@ cdef inline void tap_accumulate(const floating* src, floating* dst, floating w, 
 
 
 cdef void direct_output_plane(const floating* x_n, const floating* weight, floating b,
-                              floating* y_plane, const Geom* p, Py_ssize_t o) noexcept nogil:
-    """y_plane = b + sum_{c,u,v} w[o,c,u,v] * x_n[g*C_in_g + c] shifted by tap (u, v)."""
+                              floating* y_plane, double* acc, const Geom* p,
+                              Py_ssize_t o) noexcept nogil:
+    """y_plane = b + sum_{c,u,v} w[o,c,u,v] * x_n[g*C_in_g + c] shifted by tap (u, v),
+    summed in ``acc`` (L doubles)."""
     cdef Py_ssize_t g = o // p.C_out_g
     cdef Py_ssize_t c, u, v, i
     for i in range(p.L):
-        y_plane[i] = b
+        acc[i] = b
     for c in range(p.C_in_g):
         for u in range(p.KH):
             for v in range(p.KW):
-                tap_accumulate(x_n + (g * p.C_in_g + c) * p.H * p.W, y_plane,
+                tap_accumulate(x_n + (g * p.C_in_g + c) * p.H * p.W, acc,
                                weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v], p, u, v, False)
+    for i in range(p.L):
+        y_plane[i] = <floating> acc[i]
 
 
 cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
-                                  floating* gx_plane, const Geom* p, Py_ssize_t ci) noexcept nogil:
+                                  floating* gx_plane, double* acc, const Geom* p,
+                                  Py_ssize_t ci) noexcept nogil:
     """gx_plane[h, w] = sum over outputs o of ci's group and taps (u, v) landing on (h, w)
-    of grad_y[o, i, j] * w[o, c, u, v] (gx_plane zero-filled by the caller)."""
+    of grad_y[o, i, j] * w[o, c, u, v], summed in ``acc`` (H*W doubles)."""
     cdef Py_ssize_t g = ci // p.C_in_g
     cdef Py_ssize_t c = ci % p.C_in_g
-    cdef Py_ssize_t o, u, v
+    cdef Py_ssize_t o, u, v, i
+    for i in range(p.H * p.W):
+        acc[i] = 0
     for o in range(g * p.C_out_g, (g + 1) * p.C_out_g):
         for u in range(p.KH):
             for v in range(p.KW):
-                tap_accumulate(gy_n + o * p.L, gx_plane,
+                tap_accumulate(gy_n + o * p.L, acc,
                                weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v], p, u, v, True)
+    for i in range(p.H * p.W):
+        gx_plane[i] = <floating> acc[i]
 
 
 cdef void direct_weight_grad(const floating* grad_out, const floating* x, floating* gw_oc,
@@ -380,6 +393,7 @@ cdef void direct_weight_grad(const floating* grad_out, const floating* x, floati
 def forward_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, bint has_bias,
                    floating[:, :, :, ::1] y,  # OUT
+                   double[:, ::1] work,       # scratch per thread: L doubles
                    spec, int n_threads):
     """The formula's loops; one output plane (n, o) per work item."""
     cdef Geom p = make_geom(spec)
@@ -389,13 +403,15 @@ def forward_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         n = item // p.C_out
         o = item % p.C_out
         b = bias[o] if has_bias else 0
-        direct_output_plane(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], b, &y[n, o, 0, 0], &p, o)
+        direct_output_plane(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], b, &y[n, o, 0, 0],
+                            &work[threadid(), 0], &p, o)
 
 
 def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
                     const floating[:, :, :, ::1] weight,
-                    floating[:, :, :, ::1] grad_x,        # OUT, zero-filled by the caller
+                    floating[:, :, :, ::1] grad_x,        # OUT
                     floating[:, :, :, ::1] grad_weight,   # OUT
+                    double[:, ::1] work,                  # scratch per thread: H*W doubles
                     spec, int n_threads):
     """grad_x: one input plane (n, c_in) per item; grad_w: one (o, c) filter slice per item."""
     cdef Geom p = make_geom(spec)
@@ -404,7 +420,7 @@ def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, 
         n = item // p.C_in
         ci = item % p.C_in
         direct_input_grad_plane(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_x[n, ci, 0, 0],
-                                &p, ci)
+                                &work[threadid(), 0], &p, ci)
     for item in prange(p.C_out * p.C_in_g, nogil=True, schedule="static", num_threads=n_threads):
         o = item // p.C_in_g
         c = item % p.C_in_g

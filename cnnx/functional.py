@@ -146,10 +146,23 @@ def _conv_work(spec):
             * (spec.C_in // spec.groups) * spec.KH * spec.KW)
 
 
-def _choose_algorithm(algorithm, spec):
+def _choose_algorithm(algorithm, spec, factor):
+    """'direct' or 'gemm' for ``algorithm``.
+
+    ``auto`` takes the direct loops for tiny convolutions, and whenever there is
+    padding and ``factor`` (the array multiplied with the padded im2col matrix:
+    the weight going forward, grad_out going backward) holds an inf or NaN: the
+    GEMM would multiply the padding's zeros by it (0 * inf = NaN) where the
+    formula, like PyTorch's float32 path, skips padding taps.
+    """
     if algorithm != "auto":
         return algorithm
-    return "direct" if _conv_work(spec) < DIRECT_MAX_WORK else "gemm"
+    if _conv_work(spec) < DIRECT_MAX_WORK:
+        return "direct"
+    padded = spec.pad_top or spec.pad_left or spec.pad_bottom or spec.pad_right
+    if padded and not np.isfinite(factor).all():
+        return "direct"
+    return "gemm"
 
 
 def _gemm_plan(spec, backward):
@@ -186,6 +199,11 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
     ``'same'`` (stride 1; an odd total padding puts the extra row/column at the
     bottom/right, as PyTorch).  ``algorithm`` is ``'auto'``, ``'direct'`` or ``'gemm'``.
 
+    Padding taps contribute nothing, even next to an inf or NaN weight (as in
+    PyTorch's float32 path); ``'auto'`` guarantees this.  An explicit
+    ``algorithm='gemm'`` multiplies the padding's zeros (0 * inf = NaN at the
+    border, as PyTorch's float64 path does).
+
     Output::
 
         H_out = floor((H + P_top + P_bottom - D_h*(KH - 1) - 1) / S_h) + 1   (W_out alike)
@@ -200,11 +218,12 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
         return _finish(y, result, spec.batched)
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=x.dtype)
-    algo = _choose_algorithm(algorithm, spec)
+    algo = _choose_algorithm(algorithm, spec, weight)
     work = _conv_work(spec) // _CONV_WORK_SCALE
     if algo == "direct":
         n_threads = _threads_for(work, spec.N * spec.C_out)
-        _conv.forward_direct(x, weight, b, has_bias, y, spec, n_threads)
+        acc = np.empty((n_threads, max(spec.H_out * spec.W_out, 1)), dtype=np.float64)
+        _conv.forward_direct(x, weight, b, has_bias, y, acc, spec, n_threads)
     else:
         samples, rows, ws = _gemm_plan(spec, backward=False)
         n_items = -(-spec.N // samples) * spec.groups * -(-spec.H_out // rows)
@@ -235,12 +254,13 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     if spec.N == 0:
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
-        algo = _choose_algorithm(algorithm, spec)
+        algo = _choose_algorithm(algorithm, spec, grad_out)
         work = _conv_work(spec) // _CONV_WORK_SCALE
         if algo == "direct":
             grad_w = np.empty(weight.shape, dtype=x.dtype)
             n_threads = _threads_for(work, spec.N * spec.C_in)
-            _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, spec, n_threads)
+            acc = np.empty((n_threads, spec.H * spec.W), dtype=np.float64)
+            _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, acc, spec, n_threads)
         else:
             samples, rows, ws = _gemm_plan(spec, backward=True)
             n_threads = _threads_for(work, -(-spec.N // samples) * spec.groups)
