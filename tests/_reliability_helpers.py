@@ -458,7 +458,8 @@ def run_in_subprocess(cases, timeout=120):
     env["PYTHONPATH"] = os.pathsep.join([cnnx_parent, tests_dir, env.get("PYTHONPATH", "")])
     proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(tests_dir=tests_dir)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=tests_dir)   # `python -c` puts the cwd first on sys.path
     try:
         stdout, stderr = proc.communicate(json.dumps(cases), timeout=timeout)
         hung = False

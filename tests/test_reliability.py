@@ -1543,8 +1543,11 @@ def test_indices_mutated_by_another_thread_during_backward_cannot_write_out_of_b
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(cnnx.__file__)),
                                          env.get("PYTHONPATH", "")])
     try:
+        # cwd: `python -c` puts it first on sys.path, and the source tree must not shadow
+        # the cnnx this process imported
         proc = subprocess.run([sys.executable, "-c", _MUTATE_INDICES_CHILD], env=env,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60,
+                              cwd=os.path.dirname(os.path.abspath(__file__)))
     except subprocess.TimeoutExpired:
         pytest.fail("child hung (heap corrupted?)")
     assert proc.returncode == 0 and "survived" in proc.stdout, (proc.returncode, proc.stderr[-500:])
