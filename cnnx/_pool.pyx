@@ -21,7 +21,7 @@ Arguments were validated by ``cnnx.functional``; nothing here raises.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport prange
 from libc.math cimport INFINITY
 
 import numpy as np
@@ -29,41 +29,46 @@ import numpy as np
 from cnnx._kernel_utils cimport valid_range
 
 
+ctypedef fused code_t:
+    # where a running maximum was found, minus the output's offset (see max_pool_row):
+    # int when the plane's geometry fits (vectorises alongside float), else long long
+    int
+    long long
+
+
 cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    /* best, best_idx := val, cand  if val > best or val is NaN.
-       Done with masks so that the compiler cannot turn it back into a branch
-       (pooling real data, the comparison is unpredictable). */
-    static inline void cnnx_max_update_f(float val, int64_t cand, float *best, int64_t *best_idx) {
-        int64_t take = -(int64_t)((val > *best) | (val != val));
-        uint32_t v, b, m = (uint32_t)take;
-        memcpy(&v, &val, 4); memcpy(&b, best, 4);
-        b = (v & m) | (b & ~m);
-        memcpy(best, &b, 4);
-        *best_idx = (cand & take) | (*best_idx & ~take);
+    /* take ? a : b with masks, so that the compiler cannot turn it back into a
+       branch (pooling real data, the comparison is unpredictable) */
+    static inline float cnnx_select_f(int64_t take, float a, float b) {
+        uint32_t x, y, m = (uint32_t)-take;
+        memcpy(&x, &a, 4); memcpy(&y, &b, 4);
+        x = (x & m) | (y & ~m);
+        memcpy(&a, &x, 4);
+        return a;
     }
-    static inline void cnnx_max_update_d(double val, int64_t cand, double *best, int64_t *best_idx) {
-        int64_t take = -(int64_t)((val > *best) | (val != val));
-        uint64_t v, b, m = (uint64_t)take;
-        memcpy(&v, &val, 8); memcpy(&b, best, 8);
-        b = (v & m) | (b & ~m);
-        memcpy(best, &b, 8);
-        *best_idx = (cand & take) | (*best_idx & ~take);
+    static inline double cnnx_select_d(int64_t take, double a, double b) {
+        uint64_t x, y, m = (uint64_t)-take;
+        memcpy(&x, &a, 8); memcpy(&y, &b, 8);
+        x = (x & m) | (y & ~m);
+        memcpy(&a, &x, 8);
+        return a;
     }
     """
-    void cnnx_max_update_f(float val, long long cand, float* best, long long* best_idx) noexcept nogil
-    void cnnx_max_update_d(double val, long long cand, double* best, long long* best_idx) noexcept nogil
+    float cnnx_select_f(long long take, float a, float b) noexcept nogil
+    double cnnx_select_d(long long take, double a, double b) noexcept nogil
 
 
-cdef inline void max_update(floating val, long long cand, floating* best,
-                            long long* best_idx) noexcept nogil:
-    """best, best_idx = val, cand if val > best or isnan(val) (branch-free)."""
+cdef inline void max_update(floating val, code_t cand, floating* best, code_t* code) noexcept nogil:
+    """best, code = val, cand if val > best or isnan(val) (branch-free)."""
+    cdef code_t take = (val > best[0]) | (val != val)
     if floating is float:
-        cnnx_max_update_f(val, cand, best, best_idx)
+        best[0] = cnnx_select_f(take, val, best[0])
     else:
-        cnnx_max_update_d(val, cand, best, best_idx)
+        best[0] = cnnx_select_d(take, val, best[0])
+    code[0] = (cand & -take) | (code[0] & ~(-take))
 
 
 cdef struct PoolGeom:
@@ -121,6 +126,36 @@ cdef inline void chunk_range(const Py_ssize_t* taps, Py_ssize_t t, Py_ssize_t j0
     hi[0] = max(min(taps[3 * t + 2], j0 + jn) - j0, lo[0])
 
 
+cdef inline bint whole_row_range(const PoolGeom* g, const Py_ssize_t* taps, Py_ssize_t dilation_w,
+                                 Py_ssize_t j0, Py_ssize_t jn, Py_ssize_t* a,
+                                 Py_ssize_t* b, bint* border) noexcept nogil:
+    """For the common shapes (kernel width 2 or 3, stride 1 or 2, no dilation):
+    the outputs [a, b) of the chunk [j0, j0+jn) (relative to j0) whose every
+    tap of a window row lies inside the input, and True.  Those outputs are
+    swept once per window row, all its taps at once (the tap table is then
+    v = 0..KW-1); the tap-by-tap sweeps skip them.  Other shapes: a = b = 0, False.
+    ``border``: whether some tap has outputs outside [a, b) (tap-by-tap sweeps needed).
+    """
+    cdef Py_ssize_t t, lo, hi, lo_min = jn, hi_max = 0
+    a[0] = 0
+    b[0] = 0
+    border[0] = True
+    if not (dilation_w == 1 and g.n_taps == g.KW and (g.KW == 2 or g.KW == 3)
+            and (g.stride_w == 1 or g.stride_w == 2)):
+        return False
+    b[0] = jn
+    for t in range(g.KW):
+        chunk_range(taps, t, j0, jn, &lo, &hi)
+        a[0] = max(a[0], lo)
+        b[0] = min(b[0], hi)
+        if hi > lo:
+            lo_min = min(lo_min, lo)
+            hi_max = max(hi_max, hi)
+    b[0] = max(a[0], b[0])
+    border[0] = lo_min < a[0] or hi_max > b[0]
+    return True
+
+
 # ---------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------
@@ -128,44 +163,87 @@ cdef enum:
     CHUNK = 256  # outputs of one row whose running maxima are kept in local arrays
 
 
+cdef inline void max_sweep(const floating* x_tap, code_t cand, floating* best, code_t* code,
+                           Py_ssize_t j_lo, Py_ssize_t j_hi, Py_ssize_t S,
+                           Py_ssize_t n) noexcept nogil:
+    """Outputs j in [j_lo, j_hi) take in their taps ``x_tap[j*S + v]``, v < n, in order
+    (the codes ``cand + v``).  Called with constant S and n, so the compiler
+    unrolls the taps and vectorises over j."""
+    cdef Py_ssize_t j, v
+    for j in range(j_lo, j_hi):
+        for v in range(n):
+            max_update(x_tap[j * S + v], <code_t> (cand + v), &best[j], &code[j])
+
+
 cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
                        const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col,
-                       const Py_ssize_t* taps) noexcept nogil:
+                       const Py_ssize_t* taps, code_t code_kind) noexcept nogil:
     """Output row i of one plane, walked tap by tap in window order (u, then v).
 
     Each output j first holds -inf and the index of its first tap inside the
     input; every tap (u, v) then sweeps the outputs whose window it falls in.
     An output sees its taps in the same order as a window-by-window scan, so
     ties keep the first maximum and the last NaN wins, as in PyTorch.  The
-    sweep makes neighbouring outputs independent (the CPU overlaps them) and
-    ``max_update`` is branch-free (on real data the comparison is unpredictable).
+    sweep makes neighbouring outputs independent, so the compiler vectorises
+    it (``max_update`` is branch-free).
+
+    Common shapes sweep the outputs whose whole window row lies inside the
+    input once per window row, all its taps at once (``whole_row_range``).
+
+    Output j0 + j of a chunk keeps ``code[j] = index - j*stride_w``: one tap
+    gives every output of its sweep the same code, a number that fits
+    ``code_t`` (``code_kind`` only selects that type).
     """
     cdef Py_ssize_t h0 = i * g.stride_h - g.pad_h
-    cdef Py_ssize_t u_lo, u_hi, u, v, t, j, j0, jn, j_lo, j_hi, ih, off
+    cdef Py_ssize_t S = g.stride_w, K = g.KW
+    cdef Py_ssize_t u_lo, u_hi, u, t, j, j0, jn, j_lo, j_hi, a, b, ih, off
+    cdef bint fused, border
     cdef floating best[CHUNK]
-    cdef long long best_idx[CHUNK]
+    cdef code_t code[CHUNK]
+    cdef code_t cand
     cdef const floating* x_row
     valid_range(h0, g.dilation_h, g.H, g.KH, &u_lo, &u_hi)
     j0 = 0
     while j0 < g.W_out:
         jn = min(<Py_ssize_t> CHUNK, g.W_out - j0)
+        fused = whole_row_range(g, taps, g.dilation_w, j0, jn, &a, &b, &border)
         ih = h0 + u_lo * g.dilation_h
         for j in range(jn):
             best[j] = -INFINITY
-            best_idx[j] = ih * g.W + first_col[j0 + j]
+            code[j] = <code_t> (ih * g.W + first_col[j0 + j] - j * S)
         for u in range(u_lo, u_hi):
             ih = h0 + u * g.dilation_h
             x_row = x_plane + ih * g.W
-            for t in range(g.n_taps):
-                v = taps[3 * t]
-                off = v * g.dilation_w - g.pad_w + j0 * g.stride_w
+            # output j's tap v is x_row[j*S + off], index ih*W + j*S + off, for
+            # off = v*dilation_w - pad_w + j0*S
+            off = -g.pad_w + j0 * S
+            cand = <code_t> (ih * g.W + off)
+            if fused and b > a:
+                if K == 2 and S == 2:
+                    max_sweep(x_row + off, cand, best, code, a, b, 2, 2)
+                elif K == 3 and S == 2:
+                    max_sweep(x_row + off, cand, best, code, a, b, 2, 3)
+                elif K == 2:
+                    max_sweep(x_row + off, cand, best, code, a, b, 1, 2)
+                else:
+                    max_sweep(x_row + off, cand, best, code, a, b, 1, 3)
+            for t in range(g.n_taps if border else 0):
+                off = taps[3 * t] * g.dilation_w - g.pad_w + j0 * S
+                cand = <code_t> (ih * g.W + off)
                 chunk_range(taps, t, j0, jn, &j_lo, &j_hi)
-                for j in range(j_lo, j_hi):
-                    max_update(x_row[j * g.stride_w + off], ih * g.W + j * g.stride_w + off,
-                               &best[j], &best_idx[j])
+                # [j_lo, j_hi) without [a, b): two pieces
+                if S == 1:
+                    max_sweep(x_row + off, cand, best, code, j_lo, min(a, j_hi), 1, 1)
+                    max_sweep(x_row + off, cand, best, code, max(b, j_lo), j_hi, 1, 1)
+                elif S == 2:
+                    max_sweep(x_row + off, cand, best, code, j_lo, min(a, j_hi), 2, 1)
+                    max_sweep(x_row + off, cand, best, code, max(b, j_lo), j_hi, 2, 1)
+                else:
+                    max_sweep(x_row + off, cand, best, code, j_lo, min(a, j_hi), S, 1)
+                    max_sweep(x_row + off, cand, best, code, max(b, j_lo), j_hi, S, 1)
         for j in range(jn):
             y_row[j0 + j] = best[j]
-            idx_row[j0 + j] = best_idx[j]
+            idx_row[j0 + j] = code[j] + j * S
         j0 += jn
 
 
@@ -182,11 +260,17 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
         valid_range(w0, g.dilation_w, g.W, g.KW, &v_lo, &v_hi)
         first_col[j] = w0 + v_lo * g.dilation_w
     cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, g.dilation_w)
+    # codes lie in (-CHUNK*stride_w, H*W): 32 bits suffice for any plane of practical size
+    cdef bint small = g.H * g.W < (1 << 30) and g.stride_w < (1 << 30) // CHUNK
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
-                     &taps[0, 0])
+        if small:
+            max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
+                         &taps[0, 0], <int> 0)
+        else:
+            max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
+                         &taps[0, 0], <long long> 0)
 
 
 def max_pool_backward(const floating[:, ::1] grad_out,     # (P, H_out*W_out)
@@ -231,125 +315,196 @@ cdef inline void window_span(Py_ssize_t start, Py_ssize_t kernel, Py_ssize_t siz
     hi[0] = min(end, size)
 
 
-cdef void avg_divisors(const PoolGeom* g, bint count_include_pad, Py_ssize_t divisor_override,
-                       Py_ssize_t i, Py_ssize_t* h_lo, Py_ssize_t* h_hi,
-                       const double* inv_col, floating* inv_div) noexcept nogil:
-    """Clipped rows [h_lo, h_hi) of output row i and 1/divisor of each output of the row.
-
-    divisor = divisor_override, else (count_include_pad) the window size cut at
-    the padding, else the number of input elements in the window; it is the
-    product of a row and a column factor, so 1/divisor = (1/row) * (1/column).
-    """
-    cdef Py_ssize_t padded, j
-    cdef double inv_row
-    window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, h_lo, h_hi, &padded)
-    if divisor_override != 0:
-        for j in range(g.W_out):
-            inv_div[j] = <floating> (1.0 / divisor_override)
-        return
-    inv_row = 1.0 / (padded if count_include_pad else h_hi[0] - h_lo[0])
-    for j in range(g.W_out):
-        inv_div[j] = <floating> (inv_row * inv_col[j])
+cdef inline floating divided(floating value, const double* inv_row, const double* inv_col,
+                             Py_ssize_t i, Py_ssize_t j) noexcept nogil:
+    """value / the divisor of output (i, j), as value * (1/divisor) with 1/divisor =
+    inv_row[i] * inv_col[j] (see ``inverse_factors``)."""
+    return value * <floating> (inv_row[i] * inv_col[j])
 
 
-cdef void avg_pool_row(const floating* x_plane, floating* y_row, floating* inv_div,
-                       const PoolGeom* g, Py_ssize_t i, bint count_include_pad,
-                       Py_ssize_t divisor_override, const double* inv_col,
+cdef inline void sum_sweep(const floating* x_tap, floating* acc, Py_ssize_t j_lo, Py_ssize_t j_hi,
+                           Py_ssize_t S, Py_ssize_t n, bint first) noexcept nogil:
+    """acc[j] (0 if ``first``) += x_tap[j*S + v] for v < n, in order, for j in [j_lo, j_hi).
+    Called with constant S and n, so the compiler unrolls the taps and vectorises over j."""
+    cdef Py_ssize_t j, v
+    cdef floating s
+    for j in range(j_lo, j_hi):
+        s = 0 if first else acc[j]
+        for v in range(n):
+            s += x_tap[j * S + v]
+        acc[j] = s
+
+
+cdef void avg_pool_row(const floating* x_plane, floating* y_row, const PoolGeom* g, Py_ssize_t i,
+                       const double* inv_row, const double* inv_col,
                        const Py_ssize_t* taps) noexcept nogil:
     """Output row i of one plane: sum tap by tap over the row, then scale by 1/divisor.
 
     The sums live in a small local array, which the compiler can keep apart
-    from the input (no aliasing) and vectorise.
+    from the input (no aliasing) and vectorise.  Common shapes sum the outputs
+    whose whole window row lies inside the input once per window row, all its
+    taps at once (``whole_row_range``); each output adds its taps in window order.
+    When that sweep covers every output, the first window row starts the sums.
     """
-    cdef Py_ssize_t h_lo, h_hi, ih, t, j, j0, jn, j_lo, j_hi, off
+    cdef Py_ssize_t S = g.stride_w, K = g.KW
+    cdef Py_ssize_t h_lo, h_hi, padded, ih, t, j, j0, jn, j_lo, j_hi, a, b, off
+    cdef bint fused, border, direct, first
     cdef floating acc[CHUNK]
     cdef const floating* x_row
-    avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, inv_col, inv_div)
+    window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, &h_lo, &h_hi, &padded)
     j0 = 0
     while j0 < g.W_out:
         jn = min(<Py_ssize_t> CHUNK, g.W_out - j0)
-        for j in range(jn):
-            acc[j] = 0
+        fused = whole_row_range(g, taps, 1, j0, jn, &a, &b, &border)
+        direct = fused and not border and a == 0 and b == jn and h_hi > h_lo
+        if not direct:
+            for j in range(jn):
+                acc[j] = 0
         for ih in range(h_lo, h_hi):
+            first = direct and ih == h_lo
             x_row = x_plane + ih * g.W
-            for t in range(g.n_taps):
-                off = taps[3 * t] - g.pad_w + j0 * g.stride_w
-                chunk_range(taps, t, j0, jn, &j_lo, &j_hi)
-                # constant strides for the common cases let the compiler vectorise
-                if g.stride_w == 1:
-                    for j in range(j_lo, j_hi):
-                        acc[j] += x_row[j + off]
-                elif g.stride_w == 2:
-                    for j in range(j_lo, j_hi):
-                        acc[j] += x_row[2 * j + off]
+            # output j's tap v is x_row[j*S + off] for off = v - pad_w + j0*S
+            off = -g.pad_w + j0 * S
+            if fused and b > a:
+                if K == 2 and S == 2:
+                    sum_sweep(x_row + off, acc, a, b, 2, 2, first)
+                elif K == 3 and S == 2:
+                    sum_sweep(x_row + off, acc, a, b, 2, 3, first)
+                elif K == 2:
+                    sum_sweep(x_row + off, acc, a, b, 1, 2, first)
                 else:
-                    for j in range(j_lo, j_hi):
-                        acc[j] += x_row[j * g.stride_w + off]
+                    sum_sweep(x_row + off, acc, a, b, 1, 3, first)
+            for t in range(g.n_taps if border else 0):
+                off = taps[3 * t] - g.pad_w + j0 * S
+                chunk_range(taps, t, j0, jn, &j_lo, &j_hi)
+                # [j_lo, j_hi) without [a, b): two pieces; constant strides for the
+                # common cases let the compiler vectorise
+                if S == 1:
+                    sum_sweep(x_row + off, acc, j_lo, min(a, j_hi), 1, 1, False)
+                    sum_sweep(x_row + off, acc, max(b, j_lo), j_hi, 1, 1, False)
+                elif S == 2:
+                    sum_sweep(x_row + off, acc, j_lo, min(a, j_hi), 2, 1, False)
+                    sum_sweep(x_row + off, acc, max(b, j_lo), j_hi, 2, 1, False)
+                else:
+                    sum_sweep(x_row + off, acc, j_lo, min(a, j_hi), S, 1, False)
+                    sum_sweep(x_row + off, acc, max(b, j_lo), j_hi, S, 1, False)
         for j in range(jn):
-            y_row[j0 + j] = acc[j] * inv_div[j0 + j]
+            y_row[j0 + j] = divided(acc[j], inv_row, inv_col, i, j0 + j)
         j0 += jn
 
 
-cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, floating* share,
-                              const PoolGeom* g, bint count_include_pad,
-                              Py_ssize_t divisor_override, const double* inv_col,
+cdef inline void spread_sweep(floating* gx_tap, const floating* share, Py_ssize_t j_lo,
+                              Py_ssize_t j_hi, Py_ssize_t S, Py_ssize_t n,
+                              bint once) noexcept nogil:
+    """gx_tap[j*S + v] += share[j] for v < n, j in [j_lo, j_hi) (constant S and n: see
+    ``sum_sweep``).  ``once``: nothing else touches these elements, which are still 0,
+    so they are written without being read (0 + share: a -0.0 share gives 0.0 all the same)."""
+    cdef Py_ssize_t j, v
+    for j in range(j_lo, j_hi):
+        for v in range(n):
+            gx_tap[j * S + v] = (0 if once else gx_tap[j * S + v]) + share[j]
+
+
+cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, const PoolGeom* g,
+                              const double* inv_row, const double* inv_col,
                               const Py_ssize_t* taps) noexcept nogil:
     """gx_plane[window of (i, j)] += gy_plane[i, j] / divisor, row by row, tap by tap
-    (gx_plane zero-filled by the caller)."""
-    cdef Py_ssize_t i, h_lo, h_hi, ih, t, j, j_lo, j_hi, off
+    (gx_plane zero-filled by the caller); chunks and common shapes as in ``avg_pool_row``.
+    Windows that do not overlap (stride >= kernel) write each element once."""
+    cdef Py_ssize_t S = g.stride_w, K = g.KW
+    cdef Py_ssize_t i, h_lo, h_hi, padded, ih, t, j, j0, jn, j_lo, j_hi, a, b, off
+    cdef bint fused, border
+    cdef bint once = g.stride_h >= g.KH and g.stride_w >= g.KW
+    cdef floating share[CHUNK]
     cdef floating* gx_row
     cdef const floating* gy_row
     for i in range(g.H_out):
-        avg_divisors(g, count_include_pad, divisor_override, i, &h_lo, &h_hi, inv_col, share)
         gy_row = gy_plane + i * g.W_out
-        for j in range(g.W_out):
-            share[j] *= gy_row[j]
-        for ih in range(h_lo, h_hi):
-            gx_row = gx_plane + ih * g.W
-            for t in range(g.n_taps):
-                off = taps[3 * t] - g.pad_w
-                j_lo = taps[3 * t + 1]
-                j_hi = taps[3 * t + 2]
-                for j in range(j_lo, j_hi):
-                    gx_row[j * g.stride_w + off] += share[j]
+        window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, &h_lo, &h_hi, &padded)
+        j0 = 0
+        while j0 < g.W_out:
+            jn = min(<Py_ssize_t> CHUNK, g.W_out - j0)
+            fused = whole_row_range(g, taps, 1, j0, jn, &a, &b, &border)
+            for j in range(jn):
+                share[j] = divided(gy_row[j0 + j], inv_row, inv_col, i, j0 + j)
+            for ih in range(h_lo, h_hi):
+                gx_row = gx_plane + ih * g.W
+                off = -g.pad_w + j0 * S
+                if fused and b > a:
+                    if K == 2 and S == 2:
+                        spread_sweep(gx_row + off, share, a, b, 2, 2, once)
+                    elif K == 3 and S == 2:
+                        spread_sweep(gx_row + off, share, a, b, 2, 3, once)
+                    elif K == 2:
+                        spread_sweep(gx_row + off, share, a, b, 1, 2, once)
+                    else:
+                        spread_sweep(gx_row + off, share, a, b, 1, 3, once)
+                for t in range(g.n_taps if border else 0):
+                    off = taps[3 * t] - g.pad_w + j0 * S
+                    chunk_range(taps, t, j0, jn, &j_lo, &j_hi)
+                    if S == 1:
+                        spread_sweep(gx_row + off, share, j_lo, min(a, j_hi), 1, 1, once)
+                        spread_sweep(gx_row + off, share, max(b, j_lo), j_hi, 1, 1, once)
+                    elif S == 2:
+                        spread_sweep(gx_row + off, share, j_lo, min(a, j_hi), 2, 1, once)
+                        spread_sweep(gx_row + off, share, max(b, j_lo), j_hi, 2, 1, once)
+                    else:
+                        spread_sweep(gx_row + off, share, j_lo, min(a, j_hi), S, 1, once)
+                        spread_sweep(gx_row + off, share, max(b, j_lo), j_hi, S, 1, once)
+            j0 += jn
 
 
-cdef double[::1] inverse_column_factors(const PoolGeom* g, bint count_include_pad):
-    """Per output column: 1 / (the window width cut at the padding (count_include_pad)
-    or clipped to the input)."""
-    cdef double[::1] inv_col = np.empty(max(g.W_out, 1), dtype=np.float64)
+cdef double[::1] inverse_factors(Py_ssize_t n_out, Py_ssize_t kernel, Py_ssize_t size,
+                                 Py_ssize_t stride, Py_ssize_t pad, bint count_include_pad,
+                                 double override):
+    """Per output row (or column): 1 / (the window's length cut at the padding
+    (count_include_pad) or clipped to the input), or ``override`` when not 0.
+
+    divisor = divisor_override, else (count_include_pad) the window size cut at
+    the padding, else the number of input elements in the window; it is the
+    product of a row and a column factor, so 1/divisor = (1/row) * (1/column)
+    (with divisor_override: row factor 1/divisor_override, column factor 1).
+    """
+    cdef double[::1] inv = np.empty(max(n_out, 1), dtype=np.float64)
     cdef Py_ssize_t j, lo, hi, padded
-    for j in range(g.W_out):
-        window_span(j * g.stride_w - g.pad_w, g.KW, g.W, g.pad_w, &lo, &hi, &padded)
-        inv_col[j] = 1.0 / (padded if count_include_pad else hi - lo)
-    return inv_col
+    for j in range(n_out):
+        window_span(j * stride - pad, kernel, size, pad, &lo, &hi, &padded)
+        inv[j] = override if override != 0 else 1.0 / (padded if count_include_pad else hi - lo)
+    return inv
+
+
+cdef tuple divisor_factors(const PoolGeom* g, bint count_include_pad, Py_ssize_t divisor_override):
+    """(inv_row, inv_col) with 1/divisor of output (i, j) = inv_row[i] * inv_col[j]."""
+    return (inverse_factors(g.H_out, g.KH, g.H, g.stride_h, g.pad_h, count_include_pad,
+                            1.0 / divisor_override if divisor_override else 0),
+            inverse_factors(g.W_out, g.KW, g.W, g.stride_w, g.pad_w, count_include_pad,
+                            1.0 if divisor_override else 0))
 
 
 def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
                      floating[:, :, ::1] y,        # OUT (P, H_out, W_out)
-                     floating[:, ::1] work,        # scratch (n_threads, W_out)
                      spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
     """One (plane, output row) per work item."""
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t item, p, i
-    cdef double[::1] inv_col = inverse_column_factors(&g, count_include_pad)
+    cdef double[::1] inv_row, inv_col
+    inv_row, inv_col = divisor_factors(&g, count_include_pad, divisor_override)
     cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &work[threadid(), 0], &g, i, count_include_pad,
-                     divisor_override, &inv_col[0], &taps[0, 0])
+        avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &g, i, &inv_row[0], &inv_col[0], &taps[0, 0])
 
 
 def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
                       floating[:, :, ::1] grad_x,          # OUT, zero-filled (P, H, W)
-                      floating[:, ::1] work,               # scratch (n_threads, W_out)
                       spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
     """One plane per work item (a plane's windows overlap when stride < kernel)."""
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t p
-    cdef double[::1] inv_col = inverse_column_factors(&g, count_include_pad)
+    cdef double[::1] inv_row, inv_col
+    inv_row, inv_col = divisor_factors(&g, count_include_pad, divisor_override)
     cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
-        avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &work[threadid(), 0], &g,
-                            count_include_pad, divisor_override, &inv_col[0], &taps[0, 0])
+        avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0], &inv_col[0],
+                            &taps[0, 0])

@@ -345,9 +345,8 @@ def avg_pool2d(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None, p
     P = spec.N * spec.C
     if P:
         n_threads = _threads_for(y.size * spec.KH * spec.KW, P * spec.H_out)
-        work = np.empty((n_threads, spec.W_out), dtype=x.dtype)
         _pool.avg_pool_forward(x.reshape(P, spec.H, spec.W), y.reshape(P, spec.H_out, spec.W_out),
-                               work, spec, count_pad, divisor, n_threads)
+                               spec, count_pad, divisor, n_threads)
     return _finish(y, result, spec.batched)
 
 
@@ -364,9 +363,8 @@ def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_
     P = spec.N * spec.C
     if P:
         n_threads = _threads_for(grad_out.size * spec.KH * spec.KW, P)
-        work = np.empty((n_threads, spec.W_out), dtype=grad_out.dtype)
         _pool.avg_pool_backward(grad_out.reshape(P, spec.H_out, spec.W_out),
-                                grad_x.reshape(P, spec.H, spec.W), work, spec, count_pad, divisor,
+                                grad_x.reshape(P, spec.H, spec.W), spec, count_pad, divisor,
                                 n_threads)
     return _finish(grad_x, result, spec.batched)
 
