@@ -1031,6 +1031,35 @@ def test_fuzz_more_threads_than_work_items(seed, n_threads):
         RH.check_config(cfg, threads=(1, n_threads))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("seed", range(8))
+def test_pooling_rows_wider_than_a_chunk(seed):
+    """The pooling kernels keep a row's running results in local chunks of 256 outputs and
+    fast-path the common window shapes; rows of 257..700 outputs cross chunk borders
+    (NaNs included, both thread counts)."""
+    rng = np.random.default_rng(seed)
+    W, H = int(rng.integers(257, 700)), int(rng.integers(1, 5))
+    k = (int(rng.integers(1, min(H, 3) + 1)), int(rng.integers(1, 4)))
+    s = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    p = (int(rng.integers(0, k[0] // 2 + 1)), int(rng.integers(0, k[1] // 2 + 1)))
+    ceil_mode, count_pad = bool(seed % 2), bool(seed // 2 % 2)
+    x = rng.standard_normal((1, 2, H, W))
+    x[x > 2] = np.nan
+    y_r, i_r = R.max_pool2d(x, k, s, p, ceil_mode=ceil_mode)
+    g = rng.standard_normal(y_r.shape)
+    a_r = R.avg_pool2d(x, k, s, p, ceil_mode, count_pad)
+    ga_r = R.avg_pool2d_backward(g, x.shape, k, s, p, ceil_mode, count_pad)
+    gm_r = R.max_pool2d_backward(g, i_r, x.shape)
+    for threads in (1, 2):
+        with RH.forced_threads(threads):
+            y, i = Fn.max_pool2d(x, k, s, p, ceil_mode=ceil_mode)
+            assert_close(y, y_r)
+            np.testing.assert_array_equal(i, i_r)
+            assert_close(Fn.max_pool2d_backward(g, i, x.shape), gm_r)
+            assert_close(Fn.avg_pool2d(x, k, s, p, ceil_mode, count_pad), a_r)
+            assert_close(Fn.avg_pool2d_backward(g, x.shape, k, s, p, ceil_mode, count_pad), ga_r)
+
+
 def test_fuzz_gemm_many_tiles_several_threads_medium():
     """A few larger convolutions with tiny GEMM tiles at 1, 2 and 3 threads."""
     rng = np.random.default_rng(7)
