@@ -253,3 +253,58 @@ def torch_relu_backward(g, x):
     tx = _t(x, True)
     torch.relu(tx).backward(_t(g))
     return tx.grad.numpy()
+
+
+# --------------------------------------------------------------------------
+# memory layouts: the same values in another layout (never C-contiguous and
+# writeable at once, except "unaligned", which is misaligned instead)
+# --------------------------------------------------------------------------
+def strided(a):
+    """A view with every third element of a bigger buffer along the last axis."""
+    if a.ndim == 0:
+        return a
+    big = np.zeros(a.shape[:-1] + (3 * a.shape[-1],), a.dtype)
+    big[..., ::3] = a
+    return big[..., ::3]
+
+
+def negative_strides(a):
+    """A view with negative strides along every axis."""
+    if a.ndim == 0:
+        return a
+    flipped = np.ascontiguousarray(a[(slice(None, None, -1),) * a.ndim])
+    return flipped[(slice(None, None, -1),) * a.ndim]
+
+
+def readonly(a):
+    out = a.copy()
+    out.flags.writeable = False
+    return out
+
+
+def unaligned(a):
+    """A copy whose data starts one byte into its buffer."""
+    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    out = buf[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned or a.dtype.itemsize == 1 or a.size == 0   # empty: "aligned"
+    return out
+
+
+def fortran_readonly(a):
+    out = np.asfortranarray(a)
+    if out is a:
+        out = out.copy(order="F")
+    out.flags.writeable = False
+    return out
+
+
+LAYOUTS = {
+    "fortran": np.asfortranarray,
+    "strided": strided,
+    "negative-strides": negative_strides,
+    "readonly": readonly,
+    "unaligned": unaligned,
+    "fortran-readonly": fortran_readonly,
+    "transposed": lambda a: np.ascontiguousarray(a.T).T if a.ndim > 1 else a,
+}

@@ -43,6 +43,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import as_strided
 
+import _helpers as H
 import _reliability_helpers as RH
 import cnnx
 from cnnx import functional as Fn
@@ -707,52 +708,7 @@ def test_big_endian_matches_torch_dtype_rules():
     assert Fn.relu(X.astype(">i2")).dtype == np.float64
 
 
-def _strided(a):
-    if a.ndim == 0:
-        return a
-    big = np.zeros(a.shape[:-1] + (3 * a.shape[-1],), a.dtype)
-    big[..., ::3] = a
-    return big[..., ::3]
-
-
-def _negative(a):
-    if a.ndim == 0:
-        return a
-    flipped = np.ascontiguousarray(a[(slice(None, None, -1),) * a.ndim])
-    return flipped[(slice(None, None, -1),) * a.ndim]
-
-
-def _readonly(a):
-    out = a.copy()
-    out.flags.writeable = False
-    return out
-
-
-def _unaligned(a):
-    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)
-    out = buf[1:].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    assert not out.flags.aligned or a.dtype.itemsize == 1 or a.size == 0   # empty: "aligned"
-    return out
-
-
-def _fortran_readonly(a):
-    out = np.asfortranarray(a)
-    if out is a:
-        out = out.copy(order="F")
-    out.flags.writeable = False
-    return out
-
-
-LAYOUTS = {
-    "fortran": np.asfortranarray,
-    "strided": _strided,
-    "negative-strides": _negative,
-    "readonly": _readonly,
-    "unaligned": _unaligned,
-    "fortran-readonly": _fortran_readonly,
-    "transposed": lambda a: np.ascontiguousarray(a.T).T if a.ndim > 1 else a,
-}
+LAYOUTS = H.LAYOUTS
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
