@@ -221,8 +221,12 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                   floating[:, :, :, ::1] grad_x,  # OUT, zero-filled by the caller
                   floating[:, ::1] grad_w_acc,    # OUT, zero-filled, one grad_weight per thread
                   floating[:, ::1] work,          # scratch per thread: col, grad_col (+ grad_y tile)
-                  spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads):
+                  spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads,
+                  bint want_grad_x=True):
     """grad_x and per-thread partial grad_weight of conv2d; one (sample block, group) per item.
+
+    With ``want_grad_x`` False only grad_weight is computed (grad_x is left as
+    given: another algorithm computes it).
 
     Row tiles of one sample overlap in grad_x (neighbouring receptive fields),
     so a work item owns whole samples and walks their row tiles in order;
@@ -287,7 +291,9 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                 gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
                      1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
                 # grad_col (K x ld) = w_g^T (K x C_out_g) @ grad_y
-                if pointwise:
+                if not want_grad_x:
+                    pass
+                elif pointwise:
                     gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
                          1, gy, ld_gy, w_g, <int> p.K,
                          0, &grad_x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out, <int> p.L)
