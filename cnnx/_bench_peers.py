@@ -20,7 +20,8 @@ Peers
                forward+backward through autograd (``torch.autograd.grad``).
 
 A peer's :meth:`Peer.setup` returns a :class:`Bound` holding three callables on
-fixed float32 inputs: ``forward()``, ``forward_backward()`` and ``outputs()``
+fixed inputs (float32, or float64 with ``cnnx bench --dtype float64``; every peer computes
+in the inputs' dtype and returns it): ``forward()``, ``forward_backward()`` and ``outputs()``
 (a dict of NumPy arrays -- ``y``, ``grad_x`` and, for conv, ``grad_w``/``grad_b``;
 ``indices`` where the peer produces PyTorch-layout max-pool indices) that the
 harness compares against cnnx before timing anything.
@@ -514,11 +515,11 @@ def _numba_kernels():
     def avgpool_forward_one(x, KH, KW, sh, sw, ph, pw, out):
         C, H, W = x.shape
         Ho, Wo = out.shape[1], out.shape[2]
-        scale = np.float32(1.0 / (KH * KW))  # count_include_pad=True
+        scale = x.dtype.type(1.0 / (KH * KW))  # count_include_pad=True; the data's dtype
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
-                    acc = np.float32(0.0)
+                    acc = x.dtype.type(0.0)
                     for u in range(KH):
                         hi = i * sh - ph + u
                         if hi < 0 or hi >= H:
@@ -533,7 +534,7 @@ def _numba_kernels():
     def avgpool_backward_one(gy, KH, KW, sh, sw, ph, pw, gx):
         C, H, W = gx.shape
         Ho, Wo = gy.shape[1], gy.shape[2]
-        scale = np.float32(1.0 / (KH * KW))
+        scale = gy.dtype.type(1.0 / (KH * KW))
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):

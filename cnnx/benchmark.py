@@ -1,16 +1,18 @@
 """``cnnx bench``: time cnnx against NumPy im2col, numba, PyTorch and the pure-Python reference.
 
-Every op is timed forward alone and forward+backward, in float32, at each requested
-thread count; all peers get the same thread count (``cnnx.set_num_threads``,
-``torch.set_num_threads``, ``numba.set_num_threads`` and threadpoolctl's
-``threadpool_limits`` for the BLAS that NumPy and SciPy load).
+Every op is timed forward alone and forward+backward, in float32 (or, with ``--dtype
+float64``, in float64: inputs, every peer's computation and outputs, the tolerance and
+the GEMM baseline), at each requested thread count; all peers get the same thread count
+(``cnnx.set_num_threads``, ``torch.set_num_threads``, ``numba.set_num_threads`` and
+threadpoolctl's ``threadpool_limits`` for the BLAS that NumPy and SciPy load).
 
 Method (scikit-image asv style: one setup per case, one timed call, medians):
 
-1. per case, the inputs are made once (fixed seed, float32);
-2. each peer's outputs (y and every gradient) are checked once against cnnx's with
-   ``allclose`` at float32 tolerance; a peer that disagrees is reported as a MISMATCH
-   and not timed (the command then exits with status 1);
+1. per case, the inputs are made once (fixed seed, in the ``--dtype``);
+2. each peer's outputs (y and every gradient) are checked once against cnnx's: same
+   dtype, and ``allclose`` at that dtype's tolerance (float32: rtol 1e-3, atol 1e-4 x
+   max|value|; float64: rtol 1e-9, atol 1e-10 x max|value|); a peer that disagrees is
+   reported as a MISMATCH and not timed (the command then exits with status 1);
 3. per thread count, every (peer, mode) is warmed up, then sampled round-robin --
    the order rotates every round -- so machine noise hits all peers alike; each sample
    times enough back-to-back calls to last ``--min-sample`` seconds and records the
@@ -21,12 +23,20 @@ Method (scikit-image asv style: one setup per case, one timed call, medians):
 
 Figures: conv GFLOP/s use ``2*N*Cout*Hout*Wout*(Cin/groups)*KH*KW`` flops forward and
 three times that for forward+backward; pooling reports effective GB/s from the bytes
-each op must read and write (max pooling counts its int64 indices).  Two machine
-baselines put these in context: copy bandwidth (``np.copyto`` of a large array, one
-thread) and a large float32 GEMM (SciPy's ``sgemm`` -- the BLAS cnnx calls -- and
-``np.dot``, at each thread count), each the best run, measured at the start and the end.  "x torch" is the peer's median time divided by
-PyTorch's (below 1 = faster than PyTorch); the summary gives the geometric mean of the
-cnnx/PyTorch ratios over the (non-tiny) cases.
+each op must read and write (the data at the dtype's item size; max pooling counts its
+int64 indices).  Two machine baselines put these in context: copy bandwidth
+(``np.copyto`` of a large array, one thread) and a large GEMM in the same dtype (SciPy's
+``sgemm``, or ``dgemm`` for float64 -- the BLAS cnnx calls -- and ``np.dot``, at each
+thread count), each the best run, measured at the start and the end.  "x torch" is the
+peer's median time divided by PyTorch's (below 1 = faster than PyTorch); the summary gives
+the geometric mean of the cnnx/PyTorch ratios over the (non-tiny) cases.
+
+The report and the JSON name each BLAS library loaded (threadpoolctl: file, API, version
+and the OpenBLAS kernel, "architecture"; SciPy's is the one cnnx calls) and the
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE environment variables.  OPENBLAS_CORETYPE forces
+one OpenBLAS kernel whatever the CPU; the harness never sets or unsets either -- to time
+the kernel OpenBLAS would pick itself, unset both in that one command:
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run_bench.py ...``.
 """
 
 from __future__ import annotations
@@ -80,8 +90,16 @@ TEXTBOOK_SHAPE = (64, 32, 32, 32)
 
 MODES = ("fwd", "fwd+bwd")
 OPS = ("conv", "maxpool", "avgpool")
+DTYPES = ("float32", "float64")
 F32_RTOL = 1e-3     # elementwise relative tolerance ...
 F32_ATOL = 1e-4     # ... plus this times the largest |value| of the array (float32 sums)
+# float64 (epsilon 2.2e-16): room for sums of 1e5 terms taken in different orders, yet a
+# peer that computes in float32 (errors ~1e-7 relative) fails
+F64_RTOL = 1e-9
+F64_ATOL = 1e-10
+TOLERANCES = {"float32": (F32_RTOL, F32_ATOL), "float64": (F64_RTOL, F64_ATOL)}
+# the OpenBLAS environment variables the report shows (never set or unset here)
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 # ---------------------------------------------------------------------------
@@ -195,34 +213,47 @@ def flops(case, mode):
     return 3 * f if mode == "fwd+bwd" else f
 
 
-def bytes_moved(case, mode):
-    """Bytes a pooling op must read and write (float32 data, int64 max-pool indices)."""
+def bytes_moved(case, mode, itemsize=4):
+    """Bytes a pooling op must read and write (data of ``itemsize`` bytes -- 4 for float32,
+    8 for float64 -- and int64 max-pool indices)."""
     if case["op"] == "conv":
         return None
     n_in = math.prod(case["x"])
     n_out = math.prod(out_shape(case))
+    z = itemsize
     if case["op"] == "maxpool":
-        fwd = 4 * n_in + 4 * n_out + 8 * n_out        # read x; write y and indices
-        bwd = 4 * n_out + 8 * n_out + 4 * n_in        # read grad_out and indices; write grad_x
+        fwd = z * n_in + z * n_out + 8 * n_out        # read x; write y and indices
+        bwd = z * n_out + 8 * n_out + z * n_in        # read grad_out and indices; write grad_x
     else:
-        fwd = 4 * n_in + 4 * n_out
-        bwd = 4 * n_out + 4 * n_in
+        fwd = z * n_in + z * n_out
+        bwd = z * n_out + z * n_in
     return fwd + bwd if mode == "fwd+bwd" else fwd
 
 
-def make_data(case):
-    """Fixed-seed float32 inputs for a case: x, w, b (conv), gy (grad of the output)."""
+def _dtype(dtype):
+    """'float32'/'float64' (or the NumPy dtype) -> np.dtype; anything else is a ValueError."""
+    dt = np.dtype(dtype)
+    if dt.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dt
+
+
+def make_data(case, dtype="float32"):
+    """Fixed-seed inputs for a case, in ``dtype`` (float32 or float64): x, w, b (conv), gy
+    (grad of the output)."""
+    dt = _dtype(dtype)
+    one = dt.type
     rng = np.random.default_rng(zlib.crc32(case["name"].encode()))
-    x = rng.standard_normal(case["x"], dtype=np.float32)
+    x = rng.standard_normal(case["x"], dtype=dt)
     data = {"x": x, "w": None, "b": None}
     if case["op"] == "conv":
         cin_g = case["x"][1] // case["groups"]
         fan_in = cin_g * case["k"] ** 2
-        w = rng.standard_normal((case["out"], cin_g, case["k"], case["k"]), dtype=np.float32)
-        data["w"] = w / np.float32(math.sqrt(fan_in))
+        w = rng.standard_normal((case["out"], cin_g, case["k"], case["k"]), dtype=dt)
+        data["w"] = w / one(math.sqrt(fan_in))
         if case["bias"]:
-            data["b"] = rng.standard_normal(case["out"], dtype=np.float32) * np.float32(0.1)
-    data["gy"] = rng.standard_normal(out_shape(case), dtype=np.float32)
+            data["b"] = rng.standard_normal(case["out"], dtype=dt) * one(0.1)
+    data["gy"] = rng.standard_normal(out_shape(case), dtype=dt)
     return data
 
 
@@ -259,47 +290,60 @@ def _median_time(fn, repeat):
     return float(np.median(times)), times
 
 
-def copy_bandwidth(nbytes=256 * 2**20, repeat=7):
-    """GB/s of ``np.copyto`` on a large float32 array (bytes read + written, one thread).
+def copy_bandwidth(nbytes=256 * 2**20, repeat=7, dtype="float32"):
+    """GB/s of ``np.copyto`` on a large array of ``dtype`` (bytes read + written, one thread).
 
     A peak figure: the fastest of ``repeat`` copies (the median is kept too)."""
-    n = nbytes // 4
-    src = np.ones(n, np.float32)
+    dt = _dtype(dtype)
+    n = nbytes // dt.itemsize
+    src = np.ones(n, dt)
     dst = np.empty_like(src)
     t, times = _median_time(lambda: np.copyto(dst, src), repeat)
     return {"gbps": 2 * src.nbytes / min(times) / 1e9, "gbps_median": 2 * src.nbytes / t / 1e9,
             "bytes": int(2 * src.nbytes), "times_s": times,
-            "how": f"np.copyto of {src.nbytes / 2**20:.0f} MiB float32, best of {repeat}"}
+            "how": f"np.copyto of {src.nbytes / 2**20:.0f} MiB {dt.name}, best of {repeat}"}
 
 
-def gemm_rate(n=2048, threads=1, repeat=5):
-    """GFLOP/s of an n x n x n float32 GEMM, SciPy's sgemm and np.dot, each the fastest of
-    ``repeat`` runs; 'gflops' is the better of the two (a peak figure)."""
+def gemm_routine(dtype="float32"):
+    """SciPy BLAS GEMM name for ``dtype``: 'sgemm' (float32) or 'dgemm' (float64)."""
+    return {"float32": "sgemm", "float64": "dgemm"}[_dtype(dtype).name]
+
+
+def gemm_rate(n=2048, threads=1, repeat=5, dtype="float32"):
+    """GFLOP/s of an n x n x n GEMM in ``dtype``, SciPy's sgemm (float32) or dgemm (float64)
+    and np.dot, each the fastest of ``repeat`` runs; 'gflops' is the better of the two (a
+    peak figure)."""
+    dt = _dtype(dtype)
+    routine = gemm_routine(dt)
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out = {"n": n, "threads": threads, "how": f"best of {repeat}"}
+    a = rng.standard_normal((n, n), dtype=dt)
+    b = rng.standard_normal((n, n), dtype=dt)
+    out = {"n": n, "threads": threads, "dtype": dt.name, "routine": routine,
+           "how": f"best of {repeat}"}
     with _blas_limits(threads):
         _, times = _median_time(lambda: np.dot(a, b), repeat)
         out["np_dot_gflops"] = 2 * n**3 / min(times) / 1e9
         try:
             from scipy.linalg import blas
 
+            gemm = getattr(blas, routine)
             af, bf = np.asfortranarray(a), np.asfortranarray(b)
-            _, times = _median_time(lambda: blas.sgemm(1.0, af, bf), repeat)
-            out["scipy_sgemm_gflops"] = 2 * n**3 / min(times) / 1e9
+            _, times = _median_time(lambda: gemm(1.0, af, bf), repeat)
+            out[f"scipy_{routine}_gflops"] = 2 * n**3 / min(times) / 1e9
         except ImportError:  # pragma: no cover - scipy is a cnnx dependency
             pass
     out["gflops"] = max(v for k, v in out.items() if k.endswith("_gflops"))
     return out
 
 
-def measure_baselines(threads, quick=False, previous=None):
-    """Copy bandwidth and GEMM rate per thread count; with ``previous`` (a measurement from
-    the start of the run) keep the better of the two, so one noisy moment does not set the
-    peak."""
-    copy = copy_bandwidth(32 * 2**20 if quick else 256 * 2**20, repeat=3 if quick else 7)
-    gemm = {str(n): gemm_rate(512 if quick else 2048, n, repeat=2 if quick else 5)
+def measure_baselines(threads, quick=False, previous=None, dtype="float32"):
+    """Copy bandwidth and GEMM rate (in ``dtype``) per thread count; with ``previous`` (a
+    measurement from the start of the run) keep the better of the two, so one noisy moment
+    does not set the peak."""
+    copy = copy_bandwidth(32 * 2**20 if quick else 256 * 2**20, repeat=3 if quick else 7,
+                          dtype=dtype)
+    gemm = {str(n): gemm_rate(512 if quick else 2048, n, repeat=2 if quick else 5,
+                              dtype=dtype)
             for n in threads}
     if previous:
         if previous["copy"]["gbps"] > copy["gbps"]:
@@ -314,7 +358,8 @@ def measure_baselines(threads, quick=False, previous=None):
 # correctness
 # ---------------------------------------------------------------------------
 def compare_outputs(got, want):
-    """-> list of problems (empty when every shared output matches at float32 tolerance)."""
+    """-> list of problems (empty when every shared output has the expected dtype and matches
+    at that dtype's tolerance: float32's, or the tighter float64 one for float64 arrays)."""
     problems = []
     for key in want:
         if key not in got:
@@ -328,13 +373,18 @@ def compare_outputs(got, want):
             if bad:
                 problems.append(f"indices: {bad} of {a.size} differ")
             continue
+        if a.dtype != b.dtype:
+            # e.g. a peer that computes in float32 when float64 was asked for
+            problems.append(f"{key}: dtype {a.dtype} != {b.dtype}")
+            continue
+        rtol, atol_rel = TOLERANCES.get(b.dtype.name, (F32_RTOL, F32_ATOL))
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         scale = float(np.max(np.abs(b64))) if b64.size else 0.0
-        atol = F32_ATOL * max(scale, 1e-6)
-        if not np.allclose(a64, b64, rtol=F32_RTOL, atol=atol, equal_nan=True):
+        atol = atol_rel * max(scale, 1e-6)
+        if not np.allclose(a64, b64, rtol=rtol, atol=atol, equal_nan=True):
             err = float(np.nanmax(np.abs(a64 - b64)))
             problems.append(f"{key}: max |diff| {err:.3g} (max |value| {scale:.3g}, "
-                            f"tolerance rtol={F32_RTOL:g} atol={atol:.3g})")
+                            f"tolerance rtol={rtol:g} atol={atol:.3g})")
     return problems
 
 
@@ -462,7 +512,7 @@ def run_case(case, peers, threads, opts, out):
     """Check every peer against the truth peer once, then time at each thread count."""
     from ._bench_peers import Unsupported
 
-    data = make_data(case)
+    data = make_data(case, getattr(opts, "dtype", "float32"))
     bound = {}
     truth = _truth_peer(peers)
     want = None
@@ -524,8 +574,10 @@ def run_case(case, peers, threads, opts, out):
     del data
 
 
-def derive(results, baselines, cases):
-    """Add GFLOP/s, GB/s, % of machine peak and the ratio vs torch to each record."""
+def derive(results, baselines, cases, dtype="float32"):
+    """Add GFLOP/s, GB/s, % of machine peak and the ratio vs torch to each record (pooling
+    bytes at ``dtype``'s item size)."""
+    itemsize = _dtype(dtype).itemsize
     by_case = {c["name"]: c for c in cases}
     torch_time = {(r["case"], r["mode"], r["threads"]): r["median_s"]
                   for r in results if r["peer"] == "torch" and "median_s" in r}
@@ -534,7 +586,7 @@ def derive(results, baselines, cases):
         if "median_s" not in r:
             continue
         case, t = by_case[r["case"]], r["median_s"]
-        f, nb = flops(case, r["mode"]), bytes_moved(case, r["mode"])
+        f, nb = flops(case, r["mode"]), bytes_moved(case, r["mode"], itemsize)
         if f is not None:
             r["flops"] = f
             r["gflops"] = f / t / 1e9
@@ -657,8 +709,8 @@ def write_png(report, path, peer_order):
     for ax in axes[:, 0]:
         ax.set_ylabel("time / PyTorch time")
     axes[0][0].legend(fontsize="small", ncol=len(peers))
-    fig.suptitle("cnnx bench: median time relative to PyTorch CPU (lower is faster; "
-                 "hatched = timed once)", fontsize="medium")
+    fig.suptitle(f"cnnx bench ({report.get('dtype', 'float32')}): median time relative to "
+                 "PyTorch CPU (lower is faster; hatched = timed once)", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -675,7 +727,8 @@ def environment(peers, threads):
            # OMP_WAIT_POLICY=PASSIVE unless it was set already)
            "env_vars": {k: os.environ.get(k) for k in (
                "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CNNX_NUM_THREADS", "GOMP_SPINCOUNT",
-               "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS")}}
+               "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS")
+               + OPENBLAS_VARS}}
     try:
         import cnnx
 
@@ -697,11 +750,76 @@ def environment(peers, threads):
         from threadpoolctl import threadpool_info
 
         env["threadpools"] = [{k: i.get(k) for k in ("user_api", "internal_api", "version",
-                                                        "num_threads", "filepath")}
+                                                        "num_threads", "filepath",
+                                                        "architecture", "threading_layer")}
                               for i in threadpool_info()]
     except ImportError:
         pass
+    env["blas"] = blas_info()
     return env
+
+
+def blas_info():
+    """The BLAS libraries loaded in this process (threadpoolctl) and the OpenBLAS variables.
+
+    -> {"libraries": [{"file", "filepath", "owner", "internal_api", "version",
+    "architecture", "threading_layer"}...], "OPENBLAS_CORETYPE": value or None,
+    "OPENBLAS_L2_SIZE": ..., "note": text or None}.  "architecture" is the kernel OpenBLAS
+    runs (its core name); "owner" is "scipy" or "numpy" when the library sits in that
+    wheel's ``*.libs`` folder (SciPy's is the one cnnx calls), else None.
+    Reads the environment only: the variables are never set or unset here."""
+    info = {"libraries": None}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - threadpoolctl is a cnnx dependency
+        pass
+    else:
+        info["libraries"] = [
+            {"file": os.path.basename(i.get("filepath") or "") or None,
+             "filepath": i.get("filepath"), "owner": _blas_owner(i.get("filepath")),
+             "internal_api": i.get("internal_api"),
+             "version": i.get("version"), "architecture": i.get("architecture"),
+             "threading_layer": i.get("threading_layer")}
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    for var in OPENBLAS_VARS:
+        info[var] = os.environ.get(var)
+    core = info["OPENBLAS_CORETYPE"]
+    info["note"] = (
+        f"OPENBLAS_CORETYPE={core} forces OpenBLAS's {core} kernels whatever the CPU; to "
+        f"benchmark the kernel OpenBLAS picks itself: env -u OPENBLAS_CORETYPE -u "
+        f"OPENBLAS_L2_SIZE python bench/run_bench.py ..." if core else None)
+    return info
+
+
+def _blas_owner(path):
+    folder = os.path.basename(os.path.dirname(path or ""))
+    for owner in ("scipy", "numpy"):
+        if folder.startswith(owner):
+            return owner
+    return None
+
+
+_OWNER_NOTE = {"scipy": "SciPy's: cnnx's GEMMs", "numpy": "NumPy's: np.dot"}
+
+
+def format_blas(info, indent="  "):
+    """Report lines for :func:`blas_info`'s record."""
+    lines = []
+    libs = info.get("libraries")
+    if libs is None:
+        lines.append(f"{indent}BLAS: unknown (threadpoolctl not installed)")
+    elif not libs:
+        lines.append(f"{indent}BLAS: none loaded")
+    for lib in libs or ():
+        owner = _OWNER_NOTE.get(lib.get("owner"))
+        lines.append(f"{indent}BLAS {lib['file']}: {lib['internal_api']} {lib['version']}, "
+                     f"kernel {lib['architecture']}" + (f"  ({owner})" if owner else ""))
+    env = [f"{v}={info[v]}" for v in OPENBLAS_VARS if info.get(v) is not None]
+    if env:
+        lines.append(f"{indent}environment: {' '.join(env)}")
+    if info.get("note"):
+        lines.append(f"{indent}note: {info['note']}")
+    return lines
 
 
 def _safe(fn):
@@ -719,7 +837,8 @@ def run_textbook(peers, threads, opts, out):
     shape = opts.textbook_shape
     case = normalise_case({"name": "textbook_maxpool", "op": "maxpool", "x": list(shape),
                            "k": 2, "s": 2})
-    data = make_data(case)
+    dtype = getattr(opts, "dtype", "float32")
+    data = make_data(case, dtype)
     truth = _truth_peer(peers)
     bound, want = {}, None
     for peer in sorted(peers, key=lambda p: p is not truth):
@@ -761,12 +880,14 @@ def run_textbook(peers, threads, opts, out):
                          "textbook_total_s_scaled": (TEXTBOOK_SECONDS[name] * reps / TEXTBOOK_REPS
                                                      if name in TEXTBOOK_SECONDS else None)})
         _log(f"  textbook threads={n} done")
-    out["textbook"] = {"shape": list(shape), "kernel": 2, "stride": 2, "reps": reps,
+    out["textbook"] = {"shape": list(shape), "dtype": dtype, "kernel": 2, "stride": 2,
+                       "reps": reps,
                        "book_seconds_for_5000": TEXTBOOK_SECONDS, "rows": rows}
 
 
 def format_textbook(tb):
-    lines = [f"textbook: max pooling 2x2/2 on x{tuple(tb['shape'])} float32, forward+backward "
+    lines = [f"textbook: max pooling 2x2/2 on x{tuple(tb['shape'])} "
+             f"{tb.get('dtype', 'float32')}, forward+backward "
              f"x {tb['reps']} (the book: numba {TEXTBOOK_SECONDS['numba']} s, im2col "
              f"{TEXTBOOK_SECONDS['numpy']} s for {TEXTBOOK_REPS} on its machine)"]
     head = f"{'thr':>3}  {'peer':<10} {'total s':>9} {'ms/rep':>8} {'x torch':>8}"
@@ -832,6 +953,9 @@ def add_arguments(p):
                         "samples (default 2)")
     p.add_argument("--modes", type=_name_list, default=list(MODES), metavar="LIST",
                    help="fwd, fwd+bwd or both (default both)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="data type of the inputs, of every peer's computation and of the GEMM "
+                        "baseline (sgemm/dgemm) (default float32)")
     p.add_argument("--quick", action="store_true",
                    help="tiny cases, 3 samples, 1 thread, small baselines (smoke test)")
     p.add_argument("--textbook", type=int, nargs="?", const=TEXTBOOK_REPS, default=None,
@@ -908,7 +1032,8 @@ def run(args):
         _log("cnnx bench: no peer could be loaded")
         return 2
     peer_order = [p.name for p in peers]
-    out = {"cases": cases, "results": [], "notes": list(notes), "mismatches": [], "errors": [],
+    out = {"dtype": args.dtype, "cases": cases, "results": [], "notes": list(notes),
+           "mismatches": [], "errors": [],
            "settings": {k: v for k, v in vars(args).items() if k != "func"},
            "load_1min_at_start": _loadavg()}
     t_start = time.perf_counter()
@@ -916,7 +1041,7 @@ def run(args):
     baselines = {}
     if not args.no_baselines:
         _log("baselines: copy bandwidth and GEMM rate ...")
-        baselines = measure_baselines(args.threads, args.quick)
+        baselines = measure_baselines(args.threads, args.quick, dtype=args.dtype)
 
     for case in cases:
         _log(f"case {case['name']} ({case['op']}, x={tuple(case['x'])}) ...")
@@ -927,9 +1052,10 @@ def run(args):
 
     if baselines and not args.quick:
         _log("baselines again (the better of start and end is kept) ...")
-        baselines = measure_baselines(args.threads, args.quick, previous=baselines)
+        baselines = measure_baselines(args.threads, args.quick, previous=baselines,
+                                      dtype=args.dtype)
     out["baselines"] = baselines
-    derive(out["results"], baselines, cases)
+    derive(out["results"], baselines, cases, args.dtype)
     out["geomean"] = geomeans(out["results"])
     out["environment"] = environment(peers, args.threads)
     out["elapsed_s"] = time.perf_counter() - t_start
@@ -956,7 +1082,10 @@ def run(args):
 
 def report_text(out, peer_order):
     lines = []
+    dtype = out.get("dtype", "float32")
+    routine = gemm_routine(dtype)
     b = out.get("baselines") or {}
+    blas = (out.get("environment") or {}).get("blas")
     if b:
         lines.append("machine baselines:")
         if "copy" in b:
@@ -965,16 +1094,22 @@ def report_text(out, peer_order):
         for n, g in b.get("gemm", {}).items():
             parts = ", ".join(f"{k[:-7]} {v:.1f}" for k, v in g.items()
                               if k.endswith("_gflops"))
-            lines.append(f"  sgemm {g['n']}^3      {g['gflops']:8.1f} GFLOP/s at {n} "
-                         f"thread(s)   ({parts}; {g['how']})")
+            lines.append(f"  {g.get('routine', 'sgemm')} {g['n']}^3      {g['gflops']:8.1f} "
+                         f"GFLOP/s at {n} thread(s)   ({parts}; {g['how']})")
+    elif blas:
+        lines.append("BLAS:")
+    if blas:
+        lines += format_blas(blas)
+    if b or blas:
         lines.append("")
     if out["results"]:
+        lines.append(f"dtype: {dtype} (inputs and every peer's outputs; --dtype)")
         lines.append(format_table(out["results"], out["cases"], peer_order))
         lines.append("")
         lines.append("ms: median time per call (* = one call only, slower than --max-call); "
-                     "rate: GFLOP/s for conv, effective GB/s for pooling; % peak: of the sgemm "
-                     "rate at that thread count (conv) or of the copy bandwidth (pooling); "
-                     "x torch: time / PyTorch's time (< 1 is faster).")
+                     f"rate: GFLOP/s for conv, effective GB/s for pooling; % peak: of the "
+                     f"{routine} rate at that thread count (conv) or of the copy bandwidth "
+                     "(pooling); x torch: time / PyTorch's time (< 1 is faster).")
     if out["geomean"]:
         lines.append("")
         lines.append("geometric mean of cnnx/PyTorch time ratios (tiny cases excluded):")

@@ -155,7 +155,142 @@ def test_cli_quick_writes_json(tmp_path, capsys):
         assert ("gbps" in r) == (r["op"] != "conv")
     assert report["baselines"]["copy"]["gbps"] > 0
     assert report["baselines"]["gemm"]["1"]["gflops"] > 0
+    assert report["baselines"]["gemm"]["1"]["routine"] == "sgemm"
     assert "cnnx" in report["environment"]
+    assert report["dtype"] == "float32" and report["settings"]["dtype"] == "float32"
+    assert "dtype: float32" in text and "sgemm 512^3" in text
+    _check_blas_report(report, text)
+
+
+def _check_blas_report(report, text):
+    """The BLAS libraries and the OpenBLAS variables are in the JSON and the printed report
+    (read from the environment as it is: tests never set or unset OPENBLAS_*)."""
+    blas = report["environment"]["blas"]
+    libs = blas["libraries"]
+    assert libs, "cnnx's BLAS (SciPy's) should be loaded by now"
+    for lib in libs:
+        assert lib["file"] and lib["file"] == os.path.basename(lib["filepath"])
+        assert {"internal_api", "version", "architecture"} <= set(lib)
+        assert f"BLAS {lib['file']}: {lib['internal_api']} {lib['version']}" in text
+    for var in bm.OPENBLAS_VARS:
+        assert blas[var] == os.environ.get(var)
+        assert report["environment"]["env_vars"][var] == os.environ.get(var)
+        if os.environ.get(var) is not None:
+            assert f"{var}={os.environ[var]}" in text
+    core = os.environ.get("OPENBLAS_CORETYPE")
+    if core:
+        assert blas["note"] and core in blas["note"]
+        assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in text
+    else:
+        assert blas["note"] is None and "env -u" not in text
+
+
+def test_format_blas_note():
+    info = {"libraries": [{"file": "libopenblas.so", "filepath": "/x/scipy.libs/libopenblas.so",
+                           "owner": "scipy", "internal_api": "openblas", "version": "0.3.30",
+                           "architecture": "Haswell"}],
+            "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512", "note": "forced"}
+    lines = bm.format_blas(info)
+    assert lines == ["  BLAS libopenblas.so: openblas 0.3.30, kernel Haswell  (SciPy's: "
+                     "cnnx's GEMMs)",
+                     "  environment: OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512",
+                     "  note: forced"]
+    info.update(OPENBLAS_CORETYPE=None, OPENBLAS_L2_SIZE=None, note=None)
+    assert bm.format_blas(info) == lines[:1]
+    assert bm._blas_owner(info["libraries"][0]["filepath"]) == "scipy"
+    assert bm._blas_owner("/site-packages/numpy.libs/libscipy_openblas64_.so") == "numpy"
+    assert bm._blas_owner("/usr/lib/libopenblas.so") is None
+
+
+def test_float64_data_tolerance_and_bytes():
+    case = PEER_CASES[0]
+    d32, d64 = bm.make_data(case), bm.make_data(case, "float64")
+    assert all(d32[k].dtype == np.float32 for k in ("x", "w", "b", "gy"))
+    assert all(d64[k].dtype == np.float64 for k in ("x", "w", "b", "gy"))
+    assert all(d64[k].shape == d32[k].shape for k in d32)
+    np.testing.assert_array_equal(bm.make_data(case, "float32")["x"], d32["x"])
+    with pytest.raises(ValueError, match="dtype"):
+        bm.make_data(case, "float16")
+    pool = bm.normalise_case({"name": "p", "op": "maxpool", "x": [1, 1, 4, 4], "k": 2})
+    assert bm.bytes_moved(pool, "fwd", 8) == 16 * 8 + 4 * 8 + 4 * 8
+    # float64 tolerance: an error at float32 precision is a mismatch in float64, not float32
+    y = np.linspace(-1, 1, 50)
+    off = y * (1 + 3e-7)
+    assert bm.compare_outputs({"y": off}, {"y": y})
+    assert bm.compare_outputs({"y": y * (1 + 1e-13)}, {"y": y}) == []
+    assert bm.compare_outputs({"y": off.astype(np.float32)}, {"y": y.astype(np.float32)}) == []
+    # a peer returning another dtype than asked is a mismatch
+    problems = bm.compare_outputs({"y": y.astype(np.float32)}, {"y": y})
+    assert problems == ["y: dtype float32 != float64"]
+
+
+@pytest.mark.parametrize("case", PEER_CASES, ids=IDS)
+def test_numpy_peer_float64_matches_cnnx(case):
+    data = bm.make_data(case, "float64")
+    cnnx_peer, numpy_peer = bp.make_peer("cnnx"), bp.make_peer("numpy")
+    cnnx_peer.load()
+    want = cnnx_peer.setup(case, data).outputs()
+    assert all(v.dtype == np.float64 for k, v in want.items() if k != "indices")
+    try:
+        bound = numpy_peer.setup(case, data)
+    except bp.Unsupported as exc:
+        pytest.skip(str(exc))
+    problems = bm.compare_outputs(bound.outputs(), want)
+    assert not problems, problems
+
+
+def test_cli_quick_float64_every_peer(tmp_path, monkeypatch, capsys):
+    """--dtype float64: float64 inputs, every available peer matches cnnx in float64 (at the
+    float64 tolerance), dgemm baseline, the dtype recorded."""
+    peers = ["cnnx", "numpy", "reference"]
+    for lib in ("numba", "torch"):
+        try:
+            __import__(lib)
+            peers.append(lib)
+        except ImportError:
+            pass
+    seen = []
+    real_make_data = bm.make_data
+
+    def spy(case, dtype="float32"):
+        data = real_make_data(case, dtype)
+        seen.append({k: v.dtype for k, v in data.items() if v is not None})
+        return data
+
+    monkeypatch.setattr(bm, "make_data", spy)
+    out = tmp_path / "bench64.json"
+    rc = cli_main(["bench", "--quick", "--dtype", "float64", "--peers", ",".join(peers),
+                   "--repeat", "1", "--min-sample", "0", "--json", str(out), "--no-plot"])
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert rc == 0, report["mismatches"] + report["errors"]
+    assert len(seen) == 3 and all(dt == np.float64 for d in seen for dt in d.values())
+    assert report["dtype"] == "float64" and report["settings"]["dtype"] == "float64"
+    assert {r["peer"] for r in report["results"]} == set(peers)
+    assert all(r["status"] == "ok" for r in report["results"])
+    # pooling bytes at 8 bytes per value
+    rec = next(r for r in report["results"] if r["case"] == "tiny_avgpool" and r["mode"] == "fwd")
+    case = next(c for c in report["cases"] if c["name"] == "tiny_avgpool")
+    assert rec["bytes"] == bm.bytes_moved(case, "fwd", 8)
+    gemm = report["baselines"]["gemm"]["1"]
+    assert gemm["routine"] == "dgemm" and gemm["dtype"] == "float64"
+    assert "scipy_dgemm_gflops" in gemm and "scipy_sgemm_gflops" not in gemm
+    assert "dgemm 512^3" in text and "dtype: float64" in text and "of the dgemm rate" in text
+    _check_blas_report(report, text)
+
+
+def test_cli_textbook_float64(tmp_path, capsys):
+    out = tmp_path / "tb.json"
+    rc = cli_main(["bench", "--textbook", "2", "--textbook-shape", "2,2,4,4", "--dtype",
+                   "float64", "--peers", "cnnx,numpy", "--no-baselines", "--json", str(out),
+                   "--no-plot"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "float64, forward+backward" in text
+    assert "BLAS " in text   # the BLAS report even without the baselines
+    assert json.loads(out.read_text())["textbook"]["dtype"] == "float64"
+    with pytest.raises(SystemExit):   # argparse: float32 or float64 only
+        cli_main(["bench", "--quick", "--dtype", "float16", "--no-baselines"])
 
 
 def test_cli_reports_a_mismatch_and_does_not_time_it(tmp_path, monkeypatch, capsys):
