@@ -106,7 +106,7 @@ extensions = [
         extra_compile_args=list(opt_args),
         extra_link_args=list(link_args),
     )
-    for name in ("_conv", "_pool", "_activations", "_build_info")
+    for name in ("_conv", "_winograd", "_pool", "_activations", "_build_info")
 ]
 
 directives = {

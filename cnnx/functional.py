@@ -20,7 +20,7 @@ from typing import Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _activations, _conv, _pool
+from . import _activations, _conv, _pool, _winograd
 from ._config import get_num_threads, set_num_threads
 from ._shapes import (
     BLAS_INT_MAX,
@@ -50,11 +50,11 @@ __all__ = [
     "set_num_threads",
 ]
 
-ALGORITHMS = ("auto", "direct", "gemm")
+ALGORITHMS = ("auto", "direct", "gemm", "winograd")
 
 Size = Union[int, Tuple[int, int], Sequence[int]]
 Padding = Union[Size, Literal["same", "valid"]]
-Algorithm = Literal["auto", "direct", "gemm"]
+Algorithm = Literal["auto", "direct", "gemm", "winograd"]
 
 # One im2col tile holds about this many values (per thread): 128 KiB of float32, so the
 # tile, its output and the weights stay in the L2 cache (measured best at 16-32K values).
@@ -129,15 +129,52 @@ def _blas_threads(n):
 # --------------------------------------------------------------------------
 # convolution
 # --------------------------------------------------------------------------
-def _check_algorithm(algorithm):
+def _check_algorithm(algorithm, spec=None):
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "winograd" and spec is not None and not _winograd_fits(spec):
+        raise ValueError(
+            "algorithm='winograd' needs a 3x3 kernel, stride 1 and dilation 1; got kernel "
+            f"{(spec.KH, spec.KW)}, stride {(spec.stride_h, spec.stride_w)}, dilation "
+            f"{(spec.dilation_h, spec.dilation_w)}")
+
+
+def _winograd_fits(spec):
+    """Winograd F(2x2, 3x3) computes exactly the 3x3, stride-1, undilated convolutions."""
+    return ((spec.KH, spec.KW, spec.stride_h, spec.stride_w, spec.dilation_h, spec.dilation_w)
+            == (3, 3, 1, 1, 1, 1))
+
+
+def _winograd_pays(spec):
+    """Whether 'auto' should run this convolution with Winograd (see WINOGRAD_MIN_*)."""
+    C_in_g, C_out_g = spec.C_in // spec.groups, spec.C_out // spec.groups
+    tiles = spec.N * ((spec.H_out + 1) // 2) * ((spec.W_out + 1) // 2)
+    return (_winograd_fits(spec) and min(C_in_g, C_out_g) >= WINOGRAD_MIN_CHANNELS
+            and C_in_g * C_out_g >= WINOGRAD_MIN_CHANNEL_PAIRS and tiles >= WINOGRAD_MIN_TILES)
+
+
+def _all_finite(a):
+    """True when ``a`` holds no inf or NaN.  One pass: a finite sum means every term is
+    finite (a sum that overflows says False, which only costs the faster algorithm)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return a.size == 0 or bool(np.isfinite(np.add.reduce(a, axis=None)))
 
 
 # Below this many multiply-adds 'auto' picks the direct loops: the GEMM path's fixed
 # costs (workspace, BLAS set-up) dominate there.  Above it im2col + GEMM won every
 # case measured, depthwise and grouped ones included (see the README's bench notes).
 DIRECT_MAX_WORK = 1 << 16
+# 'auto' takes Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with at least
+# WINOGRAD_MIN_CHANNELS input and output channels per group, their product at least
+# WINOGRAD_MIN_CHANNEL_PAIRS, and WINOGRAD_MIN_TILES 2x2 output tiles in the batch:
+# below these its GEMMs are too thin, or the weight transform too large a share, to
+# beat im2col + GEMM (measured on this project's bench machine; README).
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNEL_PAIRS = 512
+WINOGRAD_MIN_TILES = 512
+# Winograd work items hold about this many 2x2 output tiles (its workspace is
+# 16 * (C_in_g + C_out_g) values per tile).
+WINOGRAD_TILES = 128
 
 
 def _conv_work(spec):
@@ -146,23 +183,28 @@ def _conv_work(spec):
             * (spec.C_in // spec.groups) * spec.KH * spec.KW)
 
 
-def _choose_algorithm(algorithm, spec, factor):
-    """'direct' or 'gemm' for ``algorithm``.
+def _choose_algorithm(algorithm, spec, factor, other):
+    """'direct', 'gemm' or 'winograd' for ``algorithm``.
 
     ``auto`` takes the direct loops for tiny convolutions, and whenever there is
     padding and ``factor`` (the array multiplied with the padded im2col matrix:
     the weight going forward, grad_out going backward) holds an inf or NaN: the
     GEMM would multiply the padding's zeros by it (0 * inf = NaN) where the
-    formula, like PyTorch's float32 path, skips padding taps.
+    formula, like PyTorch's float32 path, skips padding taps.  Winograd (3x3,
+    stride 1, enough channels) needs ``factor`` and ``other`` (x going forward,
+    the weight going backward) finite: its transforms add and subtract
+    neighbouring values, so one inf would turn into NaN in the outputs around it.
     """
     if algorithm != "auto":
         return algorithm
     if _conv_work(spec) < DIRECT_MAX_WORK:
         return "direct"
     padded = spec.pad_top or spec.pad_left or spec.pad_bottom or spec.pad_right
-    # min and max see every NaN and inf without a temporary array the size of factor
-    if padded and factor.size and not (np.isfinite(factor.min()) and np.isfinite(factor.max())):
+    factor_finite = _all_finite(factor)
+    if padded and not factor_finite:
         return "direct"
+    if _winograd_pays(spec) and factor_finite and _all_finite(other):
+        return "winograd"
     return "gemm"
 
 
@@ -190,6 +232,40 @@ def _gemm_plan(spec, backward):
     return samples, rows, size
 
 
+def _winograd_weights(weight):
+    """The kernels in Winograd form: (16, C_out, C_in_g), see cnnx/_winograd.pyx."""
+    U = np.empty((16, weight.shape[0], weight.shape[1]), dtype=weight.dtype)
+    _winograd.weight_transform(weight, U)
+    return U
+
+
+def _winograd_conv(x, U, b, has_bias, y, groups, pad_top, pad_left, work):
+    """y = 3x3 stride-1 conv of x (kernels transformed into U), tiles split over threads."""
+    N, C_in, _, _ = x.shape
+    _, C_out, H_out, W_out = y.shape
+    tH, tW = (H_out + 1) // 2, (W_out + 1) // 2
+    tile_rows = max(1, min(tH, WINOGRAD_TILES // max(tW, 1)))
+    n_threads = _threads_for(work, N * groups * -(-tH // tile_rows))
+    size = _winograd.workspace_size(C_in // groups, C_out // groups, W_out, tile_rows)
+    if 16 * max(C_in, C_out) * tile_rows * tW > BLAS_INT_MAX:
+        raise ValueError(f"conv2d: x shape {x.shape} is too large for algorithm='winograd' "
+                         f"(32-bit BLAS); use algorithm='gemm'")
+    scratch = np.empty((n_threads, size), dtype=x.dtype)
+    with _blas_threads(1):
+        _winograd.forward(x, U, b, has_bias, y, scratch, groups, pad_top, pad_left, tile_rows,
+                          n_threads)
+
+
+def _winograd_input_grad(grad_out, weight, grad_x, spec, work):
+    """grad_x of a 3x3 stride-1 conv: the conv of grad_out with each group's kernels
+    transposed (in <-> out channels) and flipped, padding 2 - P (OUT grad_x)."""
+    G, C_out_g, C_in_g = spec.groups, spec.C_out // spec.groups, spec.C_in // spec.groups
+    flipped = (weight.reshape(G, C_out_g, C_in_g, 3, 3).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+               .reshape(spec.C_in, C_out_g, 3, 3))
+    _winograd_conv(grad_out, _winograd_weights(flipped), np.empty(0, grad_out.dtype), False,
+                   grad_x, G, 2 - spec.pad_top, 2 - spec.pad_left, work)
+
+
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, stride: Size = 1,
            padding: Padding = 0, dilation: Size = 1, groups: int = 1, *,
            algorithm: Algorithm = "auto") -> NDArray:
@@ -214,17 +290,21 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
     _check_algorithm(algorithm)
     x, weight, bias, spec, result = prepare_conv2d(x, weight, bias, stride, padding, dilation,
                                                    groups)
+    _check_algorithm(algorithm, spec)
     y = np.empty(spec.out_shape, dtype=x.dtype)
     if spec.N == 0:
         return _finish(y, result, spec.batched)
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, dtype=x.dtype)
-    algo = _choose_algorithm(algorithm, spec, weight)
+    algo = _choose_algorithm(algorithm, spec, weight, x)
     work = _conv_work(spec) // _CONV_WORK_SCALE
     if algo == "direct":
         n_threads = _threads_for(work, spec.N * spec.C_out)
         acc = np.empty((n_threads, max(spec.H_out * spec.W_out, 1)), dtype=np.float64)
         _conv.forward_direct(x, weight, b, has_bias, y, acc, spec, n_threads)
+    elif algo == "winograd":
+        _winograd_conv(x, _winograd_weights(weight), b, has_bias, y, spec.groups,
+                       spec.pad_top, spec.pad_left, work)
     else:
         samples, rows, ws = _gemm_plan(spec, backward=False)
         n_items = -(-spec.N // samples) * spec.groups * -(-spec.H_out // rows)
@@ -250,12 +330,13 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     _check_algorithm(algorithm)
     grad_out, x, weight, spec, result = prepare_conv2d_backward(
         grad_out, x, weight, stride, padding, dilation, groups)
+    _check_algorithm(algorithm, spec)
     grad_x = np.zeros(x.shape, dtype=x.dtype)
     grad_b = grad_out.sum(axis=(0, 2, 3))
     if spec.N == 0:
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
-        algo = _choose_algorithm(algorithm, spec, grad_out)
+        algo = _choose_algorithm(algorithm, spec, grad_out, weight)
         work = _conv_work(spec) // _CONV_WORK_SCALE
         if algo == "direct":
             grad_w = np.empty(weight.shape, dtype=x.dtype)
@@ -263,13 +344,15 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             acc = np.empty((n_threads, spec.H * spec.W), dtype=np.float64)
             _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, acc, spec, n_threads)
         else:
+            if algo == "winograd":  # grad_x here, grad_weight by the GEMM below
+                _winograd_input_grad(grad_out, weight, grad_x, spec, work)
             samples, rows, ws = _gemm_plan(spec, backward=True)
             n_threads = _threads_for(work, -(-spec.N // samples) * spec.groups)
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
             acc = np.zeros((n_threads, weight.size), dtype=x.dtype)
             with _blas_threads(1 if n_threads > 1 else get_num_threads()):
                 _conv.backward_gemm(grad_out, x, weight, grad_x, acc, scratch, spec, samples,
-                                    rows, n_threads)
+                                    rows, n_threads, algo == "gemm")
             grad_w = acc.sum(axis=0).reshape(weight.shape) if n_threads > 1 else acc.reshape(weight.shape)
     return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
             _finish(grad_b, result))

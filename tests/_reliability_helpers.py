@@ -556,6 +556,9 @@ def conv_config(d):
     KH, KW = d.int(1, 5), d.int(1, 5)
     dil = (d.int(1, 3), d.int(1, 3))
     stride = (d.int(1, 4), d.int(1, 4))
+    if d.int(0, 3) == 0:  # the geometry algorithm='winograd' computes
+        KH = KW = 3
+        dil = stride = (1, 1)
     kinds = ["pair", "pair", "int", "valid"] + (["same", "same"] if stride == (1, 1) else [])
     kind = d.choice(kinds)
     if kind == "pair":
@@ -640,6 +643,18 @@ def make_data(rng, shape, dtype, kind):
         mask = rng.random(shape) < 0.25
         x[mask] = rng.choice(pool, size=shape)[mask]
     return x
+
+
+def _winograd_fits(x, w, kwargs):
+    """Whether algorithm='winograd' applies (3x3, stride 1, dilation 1) to this call."""
+    from cnnx._shapes import prepare_conv2d
+
+    try:
+        spec = prepare_conv2d(x, w, None, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                              kwargs.get("dilation", 1), kwargs.get("groups", 1))[3]
+    except (ValueError, TypeError):
+        return False
+    return Fn._winograd_fits(spec)
 
 
 @contextmanager
@@ -733,16 +748,21 @@ def check_config(cfg, threads=(1, 2), backward=True):
     if op == "conv2d":
         w = make_data(rng, cfg["w_shape"], dtype, "normal")
         b = make_data(rng, [cfg["w_shape"][0]], dtype, "normal") if cfg["bias"] else None
+        algos = ("direct", "gemm", "auto")
+        # (Winograd's transforms mix neighbouring values: only finite data has the
+        # formula's result; 'auto' checks this, an explicit 'winograd' does not)
+        if _winograd_fits(x, w, kwargs) and np.isfinite(x).all() and np.isfinite(w).all():
+            algos += ("winograd",)
         with gemm_tiles(cfg.get("tile", "default")):
             y = None
-            for algo in ("direct", "gemm", "auto"):
+            for algo in algos:
                 y = compare(f"conv2d[{algo}]",
                             lambda: Fn.conv2d(x, w, b, algorithm=algo, **kwargs),
                             lambda: R.conv2d(x, w, b, **kwargs))[0]
             if backward:
                 g = make_data(rng, y.shape, dtype, "normal")
                 expected = None
-                for algo in ("direct", "gemm", "auto"):
+                for algo in algos:
                     grad_w_det = algo == "direct"
                     expected = compare(
                         f"conv2d_backward[{algo}]",

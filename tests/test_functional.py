@@ -767,5 +767,6 @@ def test_bad_inputs_raise_identical_messages():
 @pytest.mark.parametrize("op", ["conv2d", "conv2d_backward"])
 def test_bad_algorithm(op):
     args = (X, W) if op == "conv2d" else (G_CONV, X, W)
-    with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'direct', 'gemm'\)"):
+    with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'direct', 'gemm', "
+                                         r"'winograd'\)"):
         getattr(Fn, op)(*args, algorithm="fft")

@@ -242,7 +242,7 @@ def test_divisor_override(op):
 def test_algorithm(op):
     for bad in ("fft", "GEMM", "", None, 1, ("gemm",), "direct "):
         with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'direct', "
-                                             r"'gemm'\), got"):
+                                             r"'gemm', 'winograd'\), got"):
             call(op, algorithm=bad)
     with pytest.raises(TypeError):       # keyword-only, as documented
         getattr(Fn, op)(*BASE[op].values(), 1, 0, 1, 1, "gemm")

@@ -1,0 +1,248 @@
+"""Winograd F(2x2, 3x3) convolution: 3x3 kernels, stride 1, dilation 1 (NCHW).
+
+The same cross-correlation as ``_conv``, computed with 2.25x fewer multiplies
+(Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+The output is cut into 2x2 tiles; tile (ti, tj) of channel o reads the 4x4
+input patch ``d_c`` at rows ``2*ti - P_top + 0..3``, columns
+``2*tj - P_left + 0..3`` of every input channel c of its group (zero outside
+the input) and::
+
+    V[c]    = B^T d_c B                              (input transform, 4x4)
+    U[o, c] = G w[o, c] G^T                          (weight transform, 4x4, once per call)
+    M[o]    = sum_c U[o, c] * V[c]                   (elementwise: 16 GEMMs, one per
+                                                      position xi of the 4x4, over tiles)
+    y[o, 2ti:2ti+2, 2tj:2tj+2] = A^T M[o] A + b[o]   (output transform, 2x2)
+
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
+The input gradient of a 3x3 stride-1 conv is again such a convolution (of
+grad_out, with the kernels flipped and in/out channels swapped, padding
+2 - P), so the same kernel serves the backward pass; cnnx.functional builds
+its arguments.
+
+Work items are (sample, group, band of tile rows); each thread owns a
+workspace of V (16 x C_in_g x T), M (16 x C_out_g x T) and four zero-padded
+input rows, T = tiles in a band.  All arguments were validated by
+cnnx.functional; nothing here raises.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+from cnnx._kernel_utils cimport valid_range
+
+
+cdef inline void gemm_nn(int m, int n, int k, const floating* a, int lda,
+                         const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
+    """Column-major C = A @ B (m x n, inner k) through the BLAS of SciPy."""
+    cdef char no = b"N"
+    cdef floating one = 1, zero = 0
+    if floating is float:
+        sgemm(&no, &no, &m, &n, &k, &one, <float*> a, &lda, <float*> b, &ldb, &zero, c, &ldc)
+    else:
+        dgemm(&no, &no, &m, &n, &k, &one, <double*> a, &lda, <double*> b, &ldb, &zero, c, &ldc)
+
+
+cdef void load_rows(const floating* x_c, Py_ssize_t H, Py_ssize_t W, Py_ssize_t h0,
+                    Py_ssize_t w0, floating* rows, Py_ssize_t half) noexcept nogil:
+    """Input rows h0..h0+3 from column w0 on, split into even and odd columns (OUT rows):
+    rows[(2*r + e)*half + k] = x_c[h0 + r, w0 + 2*k + e], 0 outside the input.
+
+    Split this way, the tiles' columns 2*tj + 0..3 are the runs even[tj], odd[tj],
+    even[tj + 1], odd[tj + 1]: unit-stride loops over tj that the compiler vectorises.
+    """
+    cdef Py_ssize_t r, e, k, h, k_lo, k_hi
+    cdef floating* dst
+    for r in range(4):
+        h = h0 + r
+        for e in range(2):
+            dst = rows + (2 * r + e) * half
+            if h < 0 or h >= H:
+                memset(dst, 0, half * sizeof(floating))
+                continue
+            valid_range(w0 + e, 2, W, half, &k_lo, &k_hi)
+            for k in range(k_lo):
+                dst[k] = 0
+            for k in range(k_lo, k_hi):
+                dst[k] = x_c[h * W + w0 + e + 2 * k]
+            for k in range(k_hi, half):
+                dst[k] = 0
+
+
+cdef void input_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
+                          floating* tmp, floating* V, Py_ssize_t xi_step) noexcept nogil:
+    """V[xi*xi_step + tj] = (B^T d B)[xi] for the tiles tj of one tile row (OUT V), d the
+    4x4 patch of ``rows`` (as load_rows lays them out); ``tmp`` holds 2*half values (fewer than the 6*tW the caller gives)."""
+    cdef Py_ssize_t a, k, tj
+    cdef const floating* d0 = rows
+    cdef const floating* d1 = rows + 2 * half
+    cdef const floating* d2 = rows + 4 * half
+    cdef const floating* d3 = rows + 6 * half
+    cdef floating* Va
+    for a in range(4):
+        # row a of B^T d, even and odd columns in one run
+        if a == 0:
+            for k in range(2 * half):
+                tmp[k] = d0[k] - d2[k]
+        elif a == 1:
+            for k in range(2 * half):
+                tmp[k] = d1[k] + d2[k]
+        elif a == 2:
+            for k in range(2 * half):
+                tmp[k] = d2[k] - d1[k]
+        else:
+            for k in range(2 * half):
+                tmp[k] = d1[k] - d3[k]
+        # (B^T d B)[a, 0..3] from columns 2tj..2tj+3 = even[tj], odd[tj], even[tj+1], odd[tj+1]
+        # (one loop per output row: a single store stream each, which the compiler vectorises)
+        Va = V + 4 * a * xi_step
+        for tj in range(tW):
+            Va[tj] = tmp[tj] - tmp[tj + 1]
+        Va += xi_step
+        for tj in range(tW):
+            Va[tj] = tmp[half + tj] + tmp[tj + 1]
+        Va += xi_step
+        for tj in range(tW):
+            Va[tj] = tmp[tj + 1] - tmp[half + tj]
+        Va += xi_step
+        for tj in range(tW):
+            Va[tj] = tmp[half + tj] - tmp[half + tj + 1]
+
+
+cdef void output_transform(const floating* M, Py_ssize_t xi_step, Py_ssize_t tW,
+                           floating* y_o, Py_ssize_t H_out, Py_ssize_t W_out,
+                           Py_ssize_t ti, floating b, floating* tmp) noexcept nogil:
+    """y_o[2*ti + r, 2*tj + e] = (A^T m A)[r, e] + b for the tiles tj of tile row ti, with
+    m[xi] = M[xi*xi_step + tj]; rows and columns beyond H_out, W_out are not written.
+    ``tmp`` holds 6*tW values."""
+    cdef Py_ssize_t r, e, tj, h
+    cdef const floating* m
+    cdef floating* s
+    cdef floating* y_row
+    cdef floating* y0 = tmp + 4 * tW
+    cdef floating* y1 = tmp + 5 * tW
+    for r in range(2):
+        h = 2 * ti + r
+        if h >= H_out:
+            break
+        # row r of A^T m: s[e] = m[0, e] + m[1, e] + m[2, e]  or  m[1, e] - m[2, e] - m[3, e]
+        for e in range(4):
+            m = M + e * xi_step
+            s = tmp + e * tW
+            if r == 0:
+                for tj in range(tW):
+                    s[tj] = m[tj] + m[4 * xi_step + tj] + m[8 * xi_step + tj]
+            else:
+                for tj in range(tW):
+                    s[tj] = m[4 * xi_step + tj] - m[8 * xi_step + tj] - m[12 * xi_step + tj]
+        # (A^T m A)[r, 0] = s[0] + s[1] + s[2],  [r, 1] = s[1] - s[2] - s[3]
+        for tj in range(tW):
+            y0[tj] = tmp[tj] + tmp[tW + tj] + tmp[2 * tW + tj] + b
+        for tj in range(tW):
+            y1[tj] = tmp[tW + tj] - tmp[2 * tW + tj] - tmp[3 * tW + tj] + b
+        # ... to columns 2tj and 2tj + 1
+        y_row = y_o + h * W_out
+        for tj in range(W_out // 2):
+            y_row[2 * tj] = y0[tj]
+            y_row[2 * tj + 1] = y1[tj]
+        if W_out % 2:
+            y_row[W_out - 1] = y0[tW - 1]
+
+
+def weight_transform(const floating[:, :, :, :] w,  # (C_out, C_in_g, 3, 3), any strides
+                     floating[:, :, ::1] U):          # OUT (16, C_out, C_in_g)
+    """U[xi, o, c] = (G w[o, c] G^T)[xi]; G's rows combine a kernel row (or column)
+    g0, g1, g2 into g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2."""
+    cdef Py_ssize_t C_out = w.shape[0], C_in_g = w.shape[1], o, c, a, k
+    cdef floating t[4][3]
+    cdef floating g0, g1, g2
+    for o in range(C_out):
+        for c in range(C_in_g):
+            for k in range(3):  # G w: column k
+                g0 = w[o, c, 0, k]
+                g1 = w[o, c, 1, k]
+                g2 = w[o, c, 2, k]
+                t[0][k] = g0
+                t[1][k] = (g0 + g1 + g2) / 2
+                t[2][k] = (g0 - g1 + g2) / 2
+                t[3][k] = g2
+            for a in range(4):  # (G w) G^T: row a
+                g0 = t[a][0]
+                g1 = t[a][1]
+                g2 = t[a][2]
+                U[4 * a + 0, o, c] = g0
+                U[4 * a + 1, o, c] = (g0 + g1 + g2) / 2
+                U[4 * a + 2, o, c] = (g0 - g1 + g2) / 2
+                U[4 * a + 3, o, c] = g2
+
+
+# The 16 matrices V[xi] (and M[xi]) sit this many values more than C*T apart: a transform
+# touches all 16 at once, and at a power-of-two distance they would share cache sets.
+cdef enum:
+    XI_PAD = 16
+
+
+def workspace_size(Py_ssize_t C_in_g, Py_ssize_t C_out_g, Py_ssize_t W_out, Py_ssize_t tile_rows):
+    """Values of scratch one thread needs: V, M and the four padded input rows."""
+    cdef Py_ssize_t tW = (W_out + 1) // 2
+    cdef Py_ssize_t T = tile_rows * tW
+    return 16 * (C_in_g * T + XI_PAD) + 16 * (C_out_g * T + XI_PAD) + 8 * (tW + 1) + 6 * tW
+
+
+def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
+            const floating[:, :, ::1] U,      # (16, C_out, C_in_g): U[xi, o, c] = (G w[o, c] G^T)[xi]
+            const floating[::1] bias, bint has_bias,
+            floating[:, :, :, ::1] y,         # OUT (N, C_out, H_out, W_out)
+            floating[:, ::1] work,            # scratch per thread: workspace_size(...) values
+            Py_ssize_t groups, Py_ssize_t pad_top, Py_ssize_t pad_left,
+            Py_ssize_t tile_rows, int n_threads):
+    """y = conv2d(x, w, bias) for a 3x3 kernel, stride 1, dilation 1: one band of
+    ``tile_rows`` tile rows of one (sample, group) per work item."""
+    cdef Py_ssize_t N = x.shape[0], C_in = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t C_out = y.shape[1], H_out = y.shape[2], W_out = y.shape[3]
+    cdef Py_ssize_t C_in_g = C_in // groups, C_out_g = C_out // groups
+    cdef Py_ssize_t tH = (H_out + 1) // 2, tW = (W_out + 1) // 2
+    cdef Py_ssize_t n_bands = (tH + tile_rows - 1) // tile_rows
+    cdef Py_ssize_t n_items = N * groups * n_bands
+    cdef Py_ssize_t half = tW + 1     # even (and odd) input columns a tile row reads
+    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, ti, c, o, xi, V_step, M_step
+    cdef floating* V
+    cdef floating* M
+    cdef floating* rows
+    cdef floating* tmp
+    cdef floating b
+    if n_items == 0 or H_out == 0 or W_out == 0:
+        return
+    for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
+        band = item % n_bands
+        g = (item // n_bands) % groups
+        n = item // (n_bands * groups)
+        ti0 = band * tile_rows
+        ti1 = min(ti0 + tile_rows, tH)
+        T = (ti1 - ti0) * tW
+        V_step = C_in_g * T + XI_PAD
+        M_step = C_out_g * T + XI_PAD
+        V = &work[threadid(), 0]
+        M = V + 16 * V_step
+        rows = M + 16 * M_step         # 8 * half values, then 6 * tW of scratch
+        tmp = rows + 8 * half
+        # V[xi][c, t] for the band's tiles t = (ti - ti0)*tW + tj
+        for c in range(C_in_g):
+            for ti in range(ti0, ti1):
+                load_rows(&x[n, g * C_in_g + c, 0, 0], H, W, 2 * ti - pad_top, -pad_left, rows,
+                          half)
+                input_transform(rows, half, tW, tmp, V + c * T + (ti - ti0) * tW, V_step)
+        # M[xi] (C_out_g x T) = U[xi, group g] (C_out_g x C_in_g) @ V[xi] (C_in_g x T),
+        # row-major; as column-major: M^T = V^T @ U^T
+        for xi in range(16):
+            gemm_nn(<int> T, <int> C_out_g, <int> C_in_g, V + xi * V_step, <int> T,
+                    &U[xi, g * C_out_g, 0], <int> C_in_g, M + xi * M_step, <int> T)
+        for o in range(C_out_g):
+            b = bias[g * C_out_g + o] if has_bias else 0
+            for ti in range(ti0, ti1):
+                output_transform(M + o * T + (ti - ti0) * tW, M_step, tW,
+                                 &y[n, g * C_out_g + o, 0, 0], H_out, W_out, ti, b, tmp)
