@@ -48,16 +48,17 @@ cdef inline void gemm_nn(int m, int n, int k, const floating* a, int lda,
 
 
 cdef void load_rows(const floating* x_c, Py_ssize_t H, Py_ssize_t W, Py_ssize_t h0,
-                    Py_ssize_t w0, floating* rows, Py_ssize_t half) noexcept nogil:
-    """Input rows h0..h0+3 from column w0 on, split into even and odd columns (OUT rows):
-    rows[(2*r + e)*half + k] = x_c[h0 + r, w0 + 2*k + e], 0 outside the input.
+                    Py_ssize_t w0, floating* rows, Py_ssize_t half,
+                    Py_ssize_t n_rows) noexcept nogil:
+    """Rows h0..h0+n_rows-1 from column w0 on, split into even and odd columns (OUT rows):
+    rows[(2*r + e)*half + k] = x_c[h0 + r, w0 + 2*k + e], 0 outside the plane.
 
     Split this way, the tiles' columns 2*tj + 0..3 are the runs even[tj], odd[tj],
     even[tj + 1], odd[tj + 1]: unit-stride loops over tj that the compiler vectorises.
     """
     cdef Py_ssize_t r, e, k, h, k_lo, k_hi
     cdef floating* dst
-    for r in range(4):
+    for r in range(n_rows):
         h = h0 + r
         for e in range(2):
             dst = rows + (2 * r + e) * half
@@ -153,6 +154,87 @@ cdef void output_transform(const floating* M, Py_ssize_t xi_step, Py_ssize_t tW,
             y_row[W_out - 1] = y0[tW - 1]
 
 
+cdef void grad_out_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
+                             floating* tmp, floating* dM, Py_ssize_t xi_step) noexcept nogil:
+    """dM[xi*xi_step + tj] = (A dy A^T)[xi] for the tiles tj of one tile row (OUT dM), dy
+    the 2x2 block of grad_out in ``rows`` (two rows as load_rows lays them out);
+    ``tmp`` holds 2*tW values.
+
+    The transpose of output_transform: A = [[1, 0], [1, 1], [1, -1], [0, -1]] turns
+    a pair (p, q) into (p, p + q, p - q, -q), down the rows and then along them.
+    """
+    cdef Py_ssize_t a, tj
+    cdef const floating* e0 = rows             # dy[0, 0] of each tile
+    cdef const floating* o0 = rows + half      # dy[0, 1]
+    cdef const floating* e1 = rows + 2 * half  # dy[1, 0]
+    cdef const floating* o1 = rows + 3 * half  # dy[1, 1]
+    cdef floating* p = tmp
+    cdef floating* q = tmp + tW
+    cdef floating* row
+    for a in range(4):
+        # row a of A dy: (p, q)
+        if a == 0:
+            for tj in range(tW):
+                p[tj] = e0[tj]
+            for tj in range(tW):
+                q[tj] = o0[tj]
+        elif a == 1:
+            for tj in range(tW):
+                p[tj] = e0[tj] + e1[tj]
+            for tj in range(tW):
+                q[tj] = o0[tj] + o1[tj]
+        elif a == 2:
+            for tj in range(tW):
+                p[tj] = e0[tj] - e1[tj]
+            for tj in range(tW):
+                q[tj] = o0[tj] - o1[tj]
+        else:
+            for tj in range(tW):
+                p[tj] = -e1[tj]
+            for tj in range(tW):
+                q[tj] = -o1[tj]
+        # ... times A^T (one loop per store stream, which the compiler vectorises)
+        row = dM + 4 * a * xi_step
+        for tj in range(tW):
+            row[tj] = p[tj]
+        row += xi_step
+        for tj in range(tW):
+            row[tj] = p[tj] + q[tj]
+        row += xi_step
+        for tj in range(tW):
+            row[tj] = p[tj] - q[tj]
+        row += xi_step
+        for tj in range(tW):
+            row[tj] = -q[tj]
+
+
+def weight_grad_transform(const floating[:, :, ::1] dU,     # (16, C_out, C_in_g)
+                          floating[:, :, :, ::1] grad_w):   # OUT (C_out, C_in_g, 3, 3)
+    """grad_w[o, c] = G^T dU[:, o, c] G, the transpose of weight_transform: G^T's rows
+    combine d0..d3 into d0 + (d1 + d2)/2, (d1 - d2)/2, (d1 + d2)/2 + d3."""
+    cdef Py_ssize_t C_out = grad_w.shape[0], C_in_g = grad_w.shape[1], o, c, a, k
+    cdef floating t[3][4]
+    cdef floating d0, d1, d2, d3
+    for o in range(C_out):
+        for c in range(C_in_g):
+            for a in range(4):  # G^T dU: column a
+                d0 = dU[a, o, c]
+                d1 = dU[4 + a, o, c]
+                d2 = dU[8 + a, o, c]
+                d3 = dU[12 + a, o, c]
+                t[0][a] = d0 + (d1 + d2) / 2
+                t[1][a] = (d1 - d2) / 2
+                t[2][a] = (d1 + d2) / 2 + d3
+            for k in range(3):  # (G^T dU) G: row k
+                d0 = t[k][0]
+                d1 = t[k][1]
+                d2 = t[k][2]
+                d3 = t[k][3]
+                grad_w[o, c, k, 0] = d0 + (d1 + d2) / 2
+                grad_w[o, c, k, 1] = (d1 - d2) / 2
+                grad_w[o, c, k, 2] = (d1 + d2) / 2 + d3
+
+
 def weight_transform(const floating[:, :, :, :] w,  # (C_out, C_in_g, 3, 3), any strides
                      floating[:, :, ::1] U):          # OUT (16, C_out, C_in_g)
     """U[xi, o, c] = (G w[o, c] G^T)[xi]; G's rows combine a kernel row (or column)
@@ -187,10 +269,11 @@ cdef enum:
 
 
 def workspace_size(Py_ssize_t C_in_g, Py_ssize_t C_out_g, Py_ssize_t W_out, Py_ssize_t tile_rows):
-    """Values of scratch one thread needs: V, M and the four padded input rows."""
+    """Values of scratch one thread needs: V, M, a band's padded input rows, 6*tW more."""
     cdef Py_ssize_t tW = (W_out + 1) // 2
     cdef Py_ssize_t T = tile_rows * tW
-    return 16 * (C_in_g * T + XI_PAD) + 16 * (C_out_g * T + XI_PAD) + 8 * (tW + 1) + 6 * tW
+    return (16 * (C_in_g * T + XI_PAD) + 16 * (C_out_g * T + XI_PAD)
+            + (2 * tile_rows + 2) * 2 * (tW + 1) + 6 * tW)
 
 
 def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
@@ -228,14 +311,16 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
         M_step = C_out_g * T + XI_PAD
         V = &work[threadid(), 0]
         M = V + 16 * V_step
-        rows = M + 16 * M_step         # 8 * half values, then 6 * tW of scratch
-        tmp = rows + 8 * half
-        # V[xi][c, t] for the band's tiles t = (ti - ti0)*tW + tj
+        rows = M + 16 * M_step         # the band's input rows, then 6 * tW of scratch
+        tmp = rows + (2 * tile_rows + 2) * 2 * half
+        # V[xi][c, t] for the band's tiles t = (ti - ti0)*tW + tj; tile row ti reads
+        # rows 2*(ti - ti0) .. + 3 of the band
         for c in range(C_in_g):
+            load_rows(&x[n, g * C_in_g + c, 0, 0], H, W, 2 * ti0 - pad_top, -pad_left, rows,
+                      half, 2 * (ti1 - ti0) + 2)
             for ti in range(ti0, ti1):
-                load_rows(&x[n, g * C_in_g + c, 0, 0], H, W, 2 * ti - pad_top, -pad_left, rows,
-                          half)
-                input_transform(rows, half, tW, tmp, V + c * T + (ti - ti0) * tW, V_step)
+                input_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
+                                V + c * T + (ti - ti0) * tW, V_step)
         # M[xi] (C_out_g x T) = U[xi, group g] (C_out_g x C_in_g) @ V[xi] (C_in_g x T),
         # row-major; as column-major: M^T = V^T @ U^T
         for xi in range(16):
@@ -246,3 +331,79 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
             for ti in range(ti0, ti1):
                 output_transform(M + o * T + (ti - ti0) * tW, M_step, tW,
                                  &y[n, g * C_out_g + o, 0, 0], H_out, W_out, ti, b, tmp)
+
+
+cdef inline void gemm_tn_acc(int m, int n, int k, const floating* a, int lda,
+                             const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
+    """Column-major C += A^T @ B (m x n, inner k) through the BLAS of SciPy."""
+    cdef char tr = b"T"
+    cdef char no = b"N"
+    cdef floating one = 1
+    if floating is float:
+        sgemm(&tr, &no, &m, &n, &k, &one, <float*> a, &lda, <float*> b, &ldb, &one, c, &ldc)
+    else:
+        dgemm(&tr, &no, &m, &n, &k, &one, <double*> a, &lda, <double*> b, &ldb, &one, c, &ldc)
+
+
+def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
+                const floating[:, :, :, ::1] grad_out,   # (N, C_out, H_out, W_out)
+                floating[:, ::1] dU_acc,  # OUT, zero-filled: per thread (16, C_out, C_in_g)
+                floating[:, ::1] work,    # scratch per thread: workspace_size(...) values
+                Py_ssize_t groups, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                Py_ssize_t tile_rows, int n_threads):
+    """The weight gradient in Winograd form: since y = A^T [U * V] A per tile,
+
+        dU[xi, o, c] = sum over samples and tiles of (A dy_o A^T)[xi] * V_c[xi]
+
+    (V the forward's input transform, dy the tile's 2x2 block of grad_out), one GEMM
+    per xi over the tiles of a band; weight_grad_transform then gives grad_w = G^T dU G.
+    Each thread sums into its own row of ``dU_acc`` (static schedule: the caller's
+    sum over rows is the same on every call)."""
+    cdef Py_ssize_t N = x.shape[0], C_in = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t C_out = grad_out.shape[1], H_out = grad_out.shape[2]
+    cdef Py_ssize_t W_out = grad_out.shape[3]
+    cdef Py_ssize_t C_in_g = C_in // groups, C_out_g = C_out // groups
+    cdef Py_ssize_t tH = (H_out + 1) // 2, tW = (W_out + 1) // 2
+    cdef Py_ssize_t n_bands = (tH + tile_rows - 1) // tile_rows
+    cdef Py_ssize_t n_items = N * groups * n_bands
+    cdef Py_ssize_t half = tW + 1
+    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, ti, c, o, xi, V_step, M_step
+    cdef floating* V
+    cdef floating* dM
+    cdef floating* rows
+    cdef floating* tmp
+    cdef floating* dU
+    if n_items == 0 or H_out == 0 or W_out == 0:
+        return
+    for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
+        band = item % n_bands
+        g = (item // n_bands) % groups
+        n = item // (n_bands * groups)
+        ti0 = band * tile_rows
+        ti1 = min(ti0 + tile_rows, tH)
+        T = (ti1 - ti0) * tW
+        V_step = C_in_g * T + XI_PAD
+        M_step = C_out_g * T + XI_PAD
+        V = &work[threadid(), 0]
+        dM = V + 16 * V_step
+        rows = dM + 16 * M_step
+        tmp = rows + (2 * tile_rows + 2) * 2 * half
+        dU = &dU_acc[threadid(), 0]
+        for c in range(C_in_g):  # as in forward
+            load_rows(&x[n, g * C_in_g + c, 0, 0], H, W, 2 * ti0 - pad_top, -pad_left, rows,
+                      half, 2 * (ti1 - ti0) + 2)
+            for ti in range(ti0, ti1):
+                input_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
+                                V + c * T + (ti - ti0) * tW, V_step)
+        for o in range(C_out_g):  # tile row ti's grad_out: rows 2*(ti - ti0), + 1 of the band
+            load_rows(&grad_out[n, g * C_out_g + o, 0, 0], H_out, W_out, 2 * ti0, 0, rows,
+                      half, 2 * (ti1 - ti0))
+            for ti in range(ti0, ti1):
+                grad_out_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
+                                   dM + o * T + (ti - ti0) * tW, M_step)
+        # dU[xi] (C_out x C_in_g, row-major; group g's rows) += dM[xi] (C_out_g x T) @ V[xi]^T,
+        # as column-major: dU^T (C_in_g x C_out_g) += V[xi]^T-as-stored^T @ dM[xi]
+        for xi in range(16):
+            gemm_tn_acc(<int> C_in_g, <int> C_out_g, <int> T, V + xi * V_step, <int> T,
+                        dM + xi * M_step, <int> T,
+                        dU + (xi * C_out + g * C_out_g) * C_in_g, <int> C_in_g)

@@ -183,7 +183,7 @@ def _conv_work(spec):
             * (spec.C_in // spec.groups) * spec.KH * spec.KW)
 
 
-def _choose_algorithm(algorithm, spec, factor, other):
+def _choose_algorithm(algorithm, spec, factor, *others):
     """'direct', 'gemm' or 'winograd' for ``algorithm``.
 
     ``auto`` takes the direct loops for tiny convolutions, and whenever there is
@@ -191,8 +191,8 @@ def _choose_algorithm(algorithm, spec, factor, other):
     the weight going forward, grad_out going backward) holds an inf or NaN: the
     GEMM would multiply the padding's zeros by it (0 * inf = NaN) where the
     formula, like PyTorch's float32 path, skips padding taps.  Winograd (3x3,
-    stride 1, enough channels) needs ``factor`` and ``other`` (x going forward,
-    the weight going backward) finite: its transforms add and subtract
+    stride 1, enough channels) needs ``factor`` and ``others`` (x going forward;
+    the weight and x going backward) finite: its transforms add and subtract
     neighbouring values, so one inf would turn into NaN in the outputs around it.
     """
     if algorithm != "auto":
@@ -203,7 +203,7 @@ def _choose_algorithm(algorithm, spec, factor, other):
     factor_finite = _all_finite(factor)
     if padded and not factor_finite:
         return "direct"
-    if _winograd_pays(spec) and factor_finite and _all_finite(other):
+    if _winograd_pays(spec) and factor_finite and all(_all_finite(a) for a in others):
         return "winograd"
     return "gemm"
 
@@ -254,6 +254,26 @@ def _winograd_conv(x, U, b, has_bias, y, groups, pad_top, pad_left, work):
     with _blas_threads(1):
         _winograd.forward(x, U, b, has_bias, y, scratch, groups, pad_top, pad_left, tile_rows,
                           n_threads)
+
+
+def _winograd_weight_grad(grad_out, x, spec, work):
+    """grad_weight of a 3x3 stride-1 conv in Winograd form (see _winograd.weight_grad)."""
+    N, C_in, _, _ = x.shape
+    _, C_out, H_out, W_out = grad_out.shape
+    G = spec.groups
+    tH, tW = (H_out + 1) // 2, (W_out + 1) // 2
+    tile_rows = max(1, min(tH, WINOGRAD_TILES // max(tW, 1)))
+    n_threads = _threads_for(work, N * G * -(-tH // tile_rows))
+    scratch = np.empty((n_threads, _winograd.workspace_size(C_in // G, C_out // G, W_out,
+                                                             tile_rows)), dtype=x.dtype)
+    acc = np.zeros((n_threads, 16 * C_out * (C_in // G)), dtype=x.dtype)
+    with _blas_threads(1):
+        _winograd.weight_grad(x, grad_out, acc, scratch, G, spec.pad_top, spec.pad_left,
+                              tile_rows, n_threads)
+    dU = acc.sum(axis=0) if n_threads > 1 else acc[0]
+    grad_w = np.empty((C_out, C_in // G, 3, 3), dtype=x.dtype)
+    _winograd.weight_grad_transform(dU.reshape(16, C_out, C_in // G), grad_w)
+    return grad_w
 
 
 def _winograd_input_grad(grad_out, weight, grad_x, spec, work):
@@ -336,23 +356,24 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     if spec.N == 0:
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
-        algo = _choose_algorithm(algorithm, spec, grad_out, weight)
+        algo = _choose_algorithm(algorithm, spec, grad_out, weight, x)
         work = _conv_work(spec) // _CONV_WORK_SCALE
         if algo == "direct":
             grad_w = np.empty(weight.shape, dtype=x.dtype)
             n_threads = _threads_for(work, spec.N * spec.C_in)
             acc = np.empty((n_threads, spec.H * spec.W), dtype=np.float64)
             _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, acc, spec, n_threads)
+        elif algo == "winograd":
+            _winograd_input_grad(grad_out, weight, grad_x, spec, work)
+            grad_w = _winograd_weight_grad(grad_out, x, spec, work)
         else:
-            if algo == "winograd":  # grad_x here, grad_weight by the GEMM below
-                _winograd_input_grad(grad_out, weight, grad_x, spec, work)
             samples, rows, ws = _gemm_plan(spec, backward=True)
             n_threads = _threads_for(work, -(-spec.N // samples) * spec.groups)
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
             acc = np.zeros((n_threads, weight.size), dtype=x.dtype)
             with _blas_threads(1 if n_threads > 1 else get_num_threads()):
                 _conv.backward_gemm(grad_out, x, weight, grad_x, acc, scratch, spec, samples,
-                                    rows, n_threads, algo == "gemm")
+                                    rows, n_threads)
             grad_w = acc.sum(axis=0).reshape(weight.shape) if n_threads > 1 else acc.reshape(weight.shape)
     return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
             _finish(grad_b, result))
