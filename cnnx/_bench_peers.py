@@ -6,7 +6,8 @@ nothing but NumPy.
 
 Peers
 -----
-``cnnx``       cnnx.functional (``algorithm="auto"``; ``cnnx-direct``/``cnnx-gemm`` force one)
+``cnnx``       cnnx.functional (``algorithm="auto"``; ``cnnx-direct``/``cnnx-gemm``/
+               ``cnnx-winograd`` force one)
 ``reference``  cnnx.reference, the pure-Python twin (tiny cases only)
 ``numpy``      NumPy im2col in the style of Stanford's CS231n assignments: im2col by fancy
                indexing + ``np.dot``, col2im with ``np.add.at``; max/avg pooling through the
@@ -192,6 +193,17 @@ class CnnxGemmPeer(_FunctionalPeer):
     name = "cnnx-gemm"
     description = "cnnx.functional with conv algorithm='gemm' (im2col + BLAS)"
     algorithm = "gemm"
+
+
+class CnnxWinogradPeer(_FunctionalPeer):
+    name = "cnnx-winograd"
+    description = "cnnx.functional with conv algorithm='winograd' (3x3, stride 1 only)"
+    algorithm = "winograd"
+
+    def setup_conv(self, case, data):
+        if (case["k"], case["s"], case["d"]) != (3, 1, 1):
+            raise Unsupported("winograd computes 3x3 stride-1 undilated convolutions only")
+        return super().setup_conv(case, data)
 
 
 class ReferencePeer(_FunctionalPeer):
@@ -780,8 +792,8 @@ class TorchPeer(Peer):
         return Bound(forward, forward_backward, outputs)
 
 
-PEERS = {cls.name: cls for cls in (CnnxPeer, CnnxDirectPeer, CnnxGemmPeer, ReferencePeer,
-                                   NumpyPeer, NumbaPeer, TorchPeer)}
+PEERS = {cls.name: cls for cls in (CnnxPeer, CnnxDirectPeer, CnnxGemmPeer, CnnxWinogradPeer,
+                                   ReferencePeer, NumpyPeer, NumbaPeer, TorchPeer)}
 DEFAULT_PEERS = ("cnnx", "torch", "numpy", "numba", "reference")
 
 

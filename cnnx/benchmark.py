@@ -501,7 +501,8 @@ def load_peers(names):
 
 
 def _truth_peer(peers):
-    for name in ("cnnx", "cnnx-gemm", "cnnx-direct", "torch", "numpy", "numba", "reference"):
+    for name in ("cnnx", "cnnx-gemm", "cnnx-direct", "cnnx-winograd", "torch", "numpy", "numba",
+                 "reference"):
         for p in peers:
             if p.name == name:
                 return p

@@ -294,7 +294,9 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
     ``x`` (N, C_in, H, W) or (C_in, H, W); ``weight`` (C_out, C_in/groups, KH, KW);
     ``bias`` (C_out,) or None.  ``padding`` is an int, a pair, ``'valid'`` or
     ``'same'`` (stride 1; an odd total padding puts the extra row/column at the
-    bottom/right, as PyTorch).  ``algorithm`` is ``'auto'``, ``'direct'`` or ``'gemm'``.
+    bottom/right, as PyTorch).  ``algorithm`` is ``'auto'``, ``'direct'``, ``'gemm'`` or
+    ``'winograd'`` (3x3, stride 1, dilation 1 only; non-finite data spreads as NaN to the
+    outputs around it, so ``'auto'`` takes it only for finite data).
 
     Padding taps contribute nothing, even next to an inf or NaN weight (as in
     PyTorch's float32 path); ``'auto'`` guarantees this.  An explicit
