@@ -183,7 +183,7 @@ def _conv_work(spec):
             * (spec.C_in // spec.groups) * spec.KH * spec.KW)
 
 
-def _choose_algorithm(algorithm, spec, factor, *others):
+def _choose_algorithm(algorithm, spec, factor, *others, factor_finite=None):
     """'direct', 'gemm' or 'winograd' for ``algorithm``.
 
     ``auto`` takes the direct loops for tiny convolutions, and whenever there is
@@ -194,13 +194,15 @@ def _choose_algorithm(algorithm, spec, factor, *others):
     stride 1, enough channels) needs ``factor`` and ``others`` (x going forward;
     the weight and x going backward) finite: its transforms add and subtract
     neighbouring values, so one inf would turn into NaN in the outputs around it.
+    ``factor_finite``, when given, is already known for ``factor``.
     """
     if algorithm != "auto":
         return algorithm
     if _conv_work(spec) < DIRECT_MAX_WORK:
         return "direct"
     padded = spec.pad_top or spec.pad_left or spec.pad_bottom or spec.pad_right
-    factor_finite = _all_finite(factor)
+    if factor_finite is None:
+        factor_finite = _all_finite(factor)
     if padded and not factor_finite:
         return "direct"
     if _winograd_pays(spec) and factor_finite and all(_all_finite(a) for a in others):
@@ -358,7 +360,9 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     if spec.N == 0:
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
-        algo = _choose_algorithm(algorithm, spec, grad_out, weight, x)
+        # grad_b sums every value of grad_out: if its sums are finite, so is grad_out
+        algo = _choose_algorithm(algorithm, spec, grad_out, weight, x,
+                                 factor_finite=bool(np.isfinite(grad_b).all()))
         work = _conv_work(spec) // _CONV_WORK_SCALE
         if algo == "direct":
             grad_w = np.empty(weight.shape, dtype=x.dtype)
