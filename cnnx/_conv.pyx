@@ -69,6 +69,86 @@ cdef inline void gemm(char transa, char transb, int m, int n, int k,
               <double*> b, &ldb, &beta, c, &ldc)
 
 
+# Short-row copies, zero fills and adds, inlined: im2col/col2im move rows of
+# W_out values (often 10-30), where a memcpy/memset call per row costs more
+# than the copy.  Plain copy loops would be turned back into memmove calls by
+# the compiler, so runs are copied in fixed-size pieces (which compile to a
+# few vector moves): 32 bytes at a time, then 16/8/4 for the tail.
+cdef extern from *:
+    """
+    #include <string.h>
+    #define CNNX_PIECE(dst, src, bytes, nb) \
+        if (bytes & nb) { memcpy(dst, src, nb); dst += nb; src += nb; }
+    static inline void cnnx_copy_bytes(char *dst, const char *src, Py_ssize_t bytes) {
+        while (bytes >= 32) { memcpy(dst, src, 32); dst += 32; src += 32; bytes -= 32; }
+        CNNX_PIECE(dst, src, bytes, 16)
+        CNNX_PIECE(dst, src, bytes, 8)
+        CNNX_PIECE(dst, src, bytes, 4)
+    }
+    static const char cnnx_zeros[32] = {0};
+    static inline void cnnx_zero_bytes(char *dst, Py_ssize_t bytes) {
+        const char *z;
+        while (bytes >= 32) { memcpy(dst, cnnx_zeros, 32); dst += 32; bytes -= 32; }
+        z = cnnx_zeros;
+        CNNX_PIECE(dst, z, bytes, 16)
+        z = cnnx_zeros;
+        CNNX_PIECE(dst, z, bytes, 8)
+        z = cnnx_zeros;
+        CNNX_PIECE(dst, z, bytes, 4)
+    }
+    #define CNNX_ROW_OPS(T, S) \
+    static inline void cnnx_copy_row_##S(T *restrict dst, const T *restrict src, \
+                                         Py_ssize_t n, Py_ssize_t stride) { \
+        Py_ssize_t j; \
+        if (stride == 1) cnnx_copy_bytes((char *) dst, (const char *) src, n * sizeof(T)); \
+        else { for (j = 0; j < n; j++) dst[j] = src[j * stride]; } \
+    } \
+    static inline void cnnx_zero_row_##S(T *dst, Py_ssize_t n) { \
+        if (n > 0) cnnx_zero_bytes((char *) dst, n * sizeof(T)); \
+    } \
+    static inline void cnnx_add_row_##S(T *restrict dst, const T *restrict src, \
+                                        Py_ssize_t n, Py_ssize_t stride) { \
+        Py_ssize_t j; \
+        if (stride == 1) { for (j = 0; j < n; j++) dst[j] += src[j]; } \
+        else { for (j = 0; j < n; j++) dst[j * stride] += src[j]; } \
+    }
+    CNNX_ROW_OPS(float, f)
+    CNNX_ROW_OPS(double, d)
+    """
+    void cnnx_copy_row_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void cnnx_copy_row_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void cnnx_zero_row_f(float* dst, Py_ssize_t n) noexcept nogil
+    void cnnx_zero_row_d(double* dst, Py_ssize_t n) noexcept nogil
+    void cnnx_add_row_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    void cnnx_add_row_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+
+
+cdef inline void copy_row(floating* dst, const floating* src, Py_ssize_t n,
+                          Py_ssize_t stride) noexcept nogil:
+    """dst[j] = src[j*stride] for j < n (no overlap)."""
+    if floating is float:
+        cnnx_copy_row_f(dst, src, n, stride)
+    else:
+        cnnx_copy_row_d(dst, src, n, stride)
+
+
+cdef inline void zero_row(floating* dst, Py_ssize_t n) noexcept nogil:
+    """dst[j] = 0 for j < n."""
+    if floating is float:
+        cnnx_zero_row_f(dst, n)
+    else:
+        cnnx_zero_row_d(dst, n)
+
+
+cdef inline void add_row(floating* dst, const floating* src, Py_ssize_t n,
+                         Py_ssize_t stride) noexcept nogil:
+    """dst[j*stride] += src[j] for j < n (no overlap)."""
+    if floating is float:
+        cnnx_add_row_f(dst, src, n, stride)
+    else:
+        cnnx_add_row_d(dst, src, n, stride)
+
+
 # ---------------------------------------------------------------------------
 # im2col / col2im on a tile of output rows [oh0, oh1) of one sample and group
 # ---------------------------------------------------------------------------
@@ -91,18 +171,12 @@ cdef void im2col_tile(const floating* x_g, floating* col, Py_ssize_t ld, const G
                 for i in range(oh0, oh1):
                     ih = i * p.stride_h - p.pad_top + u * p.dilation_h
                     if ih < 0 or ih >= p.H:
-                        memset(dst, 0, p.W_out * sizeof(floating))
+                        zero_row(dst, p.W_out)
                     else:
                         src = x_g + (c * p.H + ih) * p.W + iw_off
-                        for j in range(j_lo):
-                            dst[j] = 0
-                        if p.stride_w == 1:
-                            memcpy(dst + j_lo, src + j_lo, (j_hi - j_lo) * sizeof(floating))
-                        else:
-                            for j in range(j_lo, j_hi):
-                                dst[j] = src[j * p.stride_w]
-                        for j in range(j_hi, p.W_out):
-                            dst[j] = 0
+                        zero_row(dst, j_lo)
+                        copy_row(dst + j_lo, src + j_lo * p.stride_w, j_hi - j_lo, p.stride_w)
+                        zero_row(dst + j_hi, p.W_out - j_hi)
                     dst += p.W_out
 
 
@@ -122,12 +196,7 @@ cdef void col2im_tile(const floating* col, Py_ssize_t ld, floating* gx_g, const 
                     ih = i * p.stride_h - p.pad_top + u * p.dilation_h
                     if 0 <= ih < p.H:
                         dst = gx_g + (c * p.H + ih) * p.W + iw_off
-                        if p.stride_w == 1:
-                            for j in range(j_lo, j_hi):
-                                dst[j] += src[j]
-                        else:
-                            for j in range(j_lo, j_hi):
-                                dst[j * p.stride_w] += src[j]
+                        add_row(dst + j_lo * p.stride_w, src + j_lo, j_hi - j_lo, p.stride_w)
                     src += p.W_out
 
 
