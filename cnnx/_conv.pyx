@@ -200,7 +200,60 @@ cdef void col2im_tile(const floating* col, Py_ssize_t ld, floating* gx_g, const 
                     src += p.W_out
 
 
-def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns):
+cdef inline Py_ssize_t wide_width(const Geom* p) noexcept nogil:
+    """Columns per output row in the 'wide' layout: the padded input width."""
+    return p.W_out + p.dilation_w * (p.KW - 1)
+
+
+cdef void im2col_wide_tile(const floating* x_g, floating* col, Py_ssize_t ld, const Geom* p,
+                           Py_ssize_t oh0, Py_ssize_t oh1, floating* plane) noexcept nogil:
+    """im2col for stride 1 in the 'wide' layout: one column per padded-input pixel.
+
+    With Wp = W_out + D_w*(KW-1) columns per output row (the last row cut to
+    W_out), the row of ``col`` for tap (c, u, v) is ONE contiguous run of the
+    zero-padded plane c, starting at row oh0 + u*D_h, column v*D_w::
+
+        col[(c*KH + u)*KW + v, (i-oh0)*Wp + j] = x_pad[c, i + u*D_h, j + v*D_w]
+
+    so it is copied with one long copy instead of one short copy per output
+    row.  Columns j >= W_out are garbage (values of the next padded row) and
+    must be dropped from the product.  ``plane`` is scratch for the padded
+    rows of one channel, ((oh1-oh0-1) + D_h*(KH-1) + 1) * Wp values; it is
+    not used when the tile needs no padding.
+    """
+    cdef Py_ssize_t Wp = wide_width(p)
+    cdef Py_ssize_t rows = oh1 - oh0
+    cdef Py_ssize_t in_rows = rows + p.dilation_h * (p.KH - 1)
+    cdef Py_ssize_t run = (rows - 1) * Wp + p.W_out
+    cdef Py_ssize_t c, u, v, r, ih, iw_lo, iw_hi
+    cdef const floating* src
+    cdef floating* dst = col
+    cdef bint padded = (p.pad_left != 0 or Wp != p.W or oh0 - p.pad_top < 0
+                        or oh0 - p.pad_top + in_rows > p.H)
+    # the input columns of a padded row: [pad_left, pad_left + W) clipped to [0, Wp)
+    iw_lo = min(p.pad_left, Wp)
+    iw_hi = min(p.pad_left + p.W, Wp)
+    for c in range(p.C_in_g):
+        if padded:
+            for r in range(in_rows):
+                ih = oh0 + r - p.pad_top
+                if ih < 0 or ih >= p.H or iw_hi <= iw_lo:
+                    zero_row(plane + r * Wp, Wp)
+                else:
+                    zero_row(plane + r * Wp, iw_lo)
+                    copy_row(plane + r * Wp + iw_lo, x_g + (c * p.H + ih) * p.W + iw_lo - p.pad_left,
+                             iw_hi - iw_lo, 1)
+                    zero_row(plane + r * Wp + iw_hi, Wp - iw_hi)
+            src = plane
+        else:
+            src = x_g + (c * p.H + oh0 - p.pad_top) * p.W
+        for u in range(p.KH):
+            for v in range(p.KW):
+                copy_row(dst, src + u * p.dilation_h * Wp + v * p.dilation_w, run, 1)
+                dst += ld
+
+
+def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns, bint wide=False):
     """(samples per tile, output rows per tile) for the im2col tiles.
 
     A tile has about ``max(min_columns, max_elems / K)`` columns: wide enough
@@ -210,9 +263,11 @@ def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns):
     """
     cdef Geom p = make_geom(spec)
     cdef Py_ssize_t columns = max(min_columns, max_elems // max(p.K, 1))
-    if p.L <= columns and not is_pointwise(&p):
-        return max(1, min(columns // p.L, p.N)), p.H_out
-    return 1, max(1, min(columns // p.W_out, p.H_out))
+    cdef Py_ssize_t width = wide_width(&p) if wide else p.W_out
+    cdef Py_ssize_t L = (p.H_out - 1) * width + p.W_out
+    if L <= columns and not is_pointwise(&p):
+        return max(1, min(columns // L, p.N)), p.H_out
+    return 1, max(1, min(columns // width, p.H_out))
 
 
 # ---------------------------------------------------------------------------
@@ -226,8 +281,13 @@ def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] we
                  const floating[::1] bias, bint has_bias,
                  floating[:, :, :, ::1] y,  # OUT
                  floating[:, ::1] work,     # scratch per thread: im2col tile (+ output tile if nb > 1)
-                 spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads):
-    """y = conv2d(x, weight) + bias, one tile per work item."""
+                 spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads,
+                 bint wide=False):
+    """y = conv2d(x, weight) + bias, one tile per work item.
+
+    ``wide`` (stride 1 only): im2col in the wide layout (im2col_wide_tile),
+    the product into a tile, then its W_out valid columns of each row to y.
+    """
     cdef Geom p = make_geom(spec)
     cdef Py_ssize_t nb = samples_per_tile
     cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
@@ -239,7 +299,9 @@ def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] we
     cdef floating* out
     cdef floating* y_tile
     cdef const floating* b_mat
-    cdef floating beta
+    cdef floating beta, bo
+    cdef Py_ssize_t Wp = wide_width(&p), i
+    cdef floating* out_row
     if n_items == 0:
         return
     with nogil, parallel(num_threads=n_threads):
@@ -253,6 +315,25 @@ def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] we
             oh1 = min(oh0 + rows_per_tile, p.H_out)
             L_tile = (oh1 - oh0) * p.W_out
             ld = (n1 - n0) * L_tile
+            if wide:
+                L_tile = (oh1 - oh0 - 1) * Wp + p.W_out
+                ld = (n1 - n0) * L_tile
+                out = col + p.K * ld
+                for s in range(n1 - n0):
+                    im2col_wide_tile(&x[n0 + s, g * p.C_in_g, 0, 0], col + s * L_tile, ld, &p,
+                                     oh0, oh1, out + p.C_out_g * ld)
+                gemm(c"N", c"N", <int> ld, <int> p.C_out_g, <int> p.K,
+                     1, col, <int> ld, &weight[g * p.C_out_g, 0, 0, 0], <int> p.K,
+                     0, out, <int> ld)
+                for s in range(n1 - n0):
+                    for o in range(p.C_out_g):
+                        bo = bias[g * p.C_out_g + o] if has_bias else 0
+                        y_tile = &y[n0 + s, g * p.C_out_g + o, 0, 0]
+                        for i in range(oh0, oh1):
+                            out_row = out + o * ld + s * L_tile + (i - oh0) * Wp
+                            for l in range(p.W_out):
+                                y_tile[i * p.W_out + l] = out_row[l] + bo
+                continue
             if pointwise:  # x itself is the im2col matrix (nb == 1 here)
                 b_mat = &x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out
                 ld = p.L

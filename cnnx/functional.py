@@ -61,6 +61,13 @@ Algorithm = Literal["auto", "direct", "gemm"]
 TILE_ELEMENTS = 1 << 15
 # ... but at least this many columns (output pixels), or the GEMM is too thin to be fast.
 TILE_MIN_COLUMNS = 256
+# The forward uses the 'wide' im2col layout (stride 1) when the padded input width is at
+# most this many times W_out (the extra GEMM columns it costs) and C_out/groups is at most
+# WIDE_MAX_C_OUT (the fewer outputs, the larger im2col's share of the time).  Measured
+# (1 thread, float32, forward, wide/narrow): x (64,1,28,28) k5 p2 6 out 0.65; (64,6,14,14)
+# k5 16 out 0.74; (64,32,32,32) k3 p1 8 out 0.84, 16 out 0.91, 32 out 1.04, 64 out 1.06.
+WIDE_MAX_RATIO = 1.5
+WIDE_MAX_C_OUT = 16
 # Below this much work a call runs on one thread: waking a sleeping OpenMP worker costs
 # ~10-30 us, so only calls worth ~100 us or more go parallel.  Work is counted in
 # pooling window taps / elements; a conv multiply-add (run by BLAS) counts 1/16.
@@ -166,7 +173,22 @@ def _choose_algorithm(algorithm, spec, factor):
     return "gemm"
 
 
-def _gemm_plan(spec, backward):
+def _gemm_wide(spec):
+    """Whether the forward GEMM uses the 'wide' im2col layout (stride 1 only).
+
+    Wide columns cover the padded input width Wp = W_out + D_w*(KW-1): each
+    im2col row is one long copy instead of H_out short ones, for Wp/W_out
+    times the GEMM columns.  Pays when rows are short and the extra columns
+    few (see _conv.im2col_wide_tile).
+    """
+    if (spec.stride_h != 1 or spec.stride_w != 1 or (spec.KH == 1 and spec.KW == 1)
+            or spec.C_out // spec.groups > WIDE_MAX_C_OUT):
+        return False
+    Wp = spec.W_out + spec.dilation_w * (spec.KW - 1)
+    return Wp <= WIDE_MAX_RATIO * spec.W_out
+
+
+def _gemm_plan(spec, backward, wide=False):
     """(samples per tile, rows per tile, per-thread workspace size) for the GEMM path.
 
     The workspace is bounded (about TILE_ELEMENTS values per matrix), never an
@@ -175,8 +197,9 @@ def _gemm_plan(spec, backward):
     C_in_g = spec.C_in // spec.groups
     C_out_g = spec.C_out // spec.groups
     K = C_in_g * spec.KH * spec.KW
-    samples, rows = _conv.gemm_tiling(spec, TILE_ELEMENTS, TILE_MIN_COLUMNS)
-    columns = samples * rows * spec.W_out
+    samples, rows = _conv.gemm_tiling(spec, TILE_ELEMENTS, TILE_MIN_COLUMNS, wide)
+    width = spec.W_out + spec.dilation_w * (spec.KW - 1) if wide else spec.W_out
+    columns = samples * rows * width
     if max(K, C_out_g, spec.H_out * spec.W_out, K * columns, C_out_g * columns) > BLAS_INT_MAX:
         raise ValueError(
             f"conv2d: a matrix dimension exceeds the 32-bit BLAS limit ({BLAS_INT_MAX}) for "
@@ -185,8 +208,10 @@ def _gemm_plan(spec, backward):
         )
     if backward:   # col, grad_col and a grad_y tile
         size = 2 * K * columns + C_out_g * columns
-    else:          # col and an output tile
+    else:          # col and an output tile (+ one padded input plane band if wide)
         size = K * columns + C_out_g * columns
+        if wide:
+            size += (rows + spec.dilation_h * (spec.KH - 1)) * width
     return samples, rows, size
 
 
@@ -226,12 +251,14 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
         acc = np.empty((n_threads, max(spec.H_out * spec.W_out, 1)), dtype=np.float64)
         _conv.forward_direct(x, weight, b, has_bias, y, acc, spec, n_threads)
     else:
-        samples, rows, ws = _gemm_plan(spec, backward=False)
+        wide = _gemm_wide(spec)
+        samples, rows, ws = _gemm_plan(spec, backward=False, wide=wide)
         n_items = -(-spec.N // samples) * spec.groups * -(-spec.H_out // rows)
         n_threads = _threads_for(work, n_items)
         scratch = np.empty((n_threads, ws), dtype=x.dtype)
         with _blas_threads(1 if n_threads > 1 else get_num_threads()):
-            _conv.forward_gemm(x, weight, b, has_bias, y, scratch, spec, samples, rows, n_threads)
+            _conv.forward_gemm(x, weight, b, has_bias, y, scratch, spec, samples, rows, n_threads,
+                               wide)
     return _finish(y, result, spec.batched)
 
 

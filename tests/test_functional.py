@@ -265,6 +265,46 @@ def test_conv_gemm_tiling_agrees_with_direct(case, dtype):
                 assert_close(r, e, err_msg=f"{name} {algorithm} threads={n}: ")
 
 
+# The forward's 'wide' im2col layout (stride 1: one long copy per im2col row over the padded
+# width, garbage columns dropped): edge geometries, forced on whatever the size rule says.
+WIDE_CASES = {
+    "no-padding": dict(x=(3, 2, 7, 9), w=(4, 2, 3, 2), kwargs={}),
+    "padding-asym": dict(x=(2, 3, 6, 5), w=(5, 3, 3, 3), kwargs=dict(padding=(2, 1))),
+    "same-even-kernel": dict(x=(2, 2, 5, 6), w=(3, 2, 2, 4), kwargs=dict(padding="same")),
+    "dilation": dict(x=(2, 2, 9, 8), w=(3, 2, 3, 2), kwargs=dict(padding=(1, 0), dilation=(2, 3))),
+    "groups": dict(x=(3, 6, 7, 7), w=(9, 2, 3, 3), kwargs=dict(groups=3, padding=1)),
+    "kernel-fills-padded-input": dict(x=(2, 2, 3, 4), w=(3, 2, 5, 6), kwargs=dict(padding=1)),
+    "one-output-row": dict(x=(2, 3, 3, 9), w=(2, 3, 3, 3), kwargs={}),
+    "one-output-column": dict(x=(2, 3, 8, 3), w=(2, 3, 2, 3), kwargs={}),
+    "row-tiles": dict(x=(2, 16, 66, 66), w=(8, 16, 3, 3), kwargs=dict(padding=(0, 2))),
+    "row-tiles-unpadded": dict(x=(1, 40, 40, 40), w=(4, 40, 3, 3), kwargs={}),
+    "image-tiles": dict(x=(9, 3, 12, 12), w=(6, 3, 5, 5), kwargs=dict(padding=2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_gemm_wide_layout_vs_reference(monkeypatch, case, dtype):
+    cfg = WIDE_CASES[case]
+    rng = np.random.default_rng(11)
+    x, w = H.normal(rng, cfg["x"], dtype), H.normal(rng, cfg["w"], dtype)
+    b = H.normal(rng, (cfg["w"][0],), dtype)
+    kw = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **cfg["kwargs"]}
+    expected = R.conv2d(x, w, b, **cfg["kwargs"])
+    monkeypatch.setattr(Fn, "WIDE_MAX_RATIO", 1e9)
+    monkeypatch.setattr(Fn, "WIDE_MAX_C_OUT", 1 << 30)
+    for n in THREADS:
+        with num_threads(n):
+            assert_close(Fn.conv2d(x, w, b, algorithm="gemm", **cfg["kwargs"]), expected,
+                         err_msg=f"wide threads={n}: ")
+    spec = Fn.prepare_conv2d(x, w, b, **kw)[3]
+    assert Fn._gemm_wide(spec)
+    monkeypatch.setattr(Fn, "WIDE_MAX_RATIO", 0)
+    assert not Fn._gemm_wide(spec)
+    assert_close(Fn.conv2d(x, w, b, algorithm="gemm", **cfg["kwargs"]), expected,
+                 err_msg="narrow: ")
+
+
 @pytest.mark.parametrize("case", sorted(TILING_CASES))
 def test_conv_gemm_tiling_vs_torch(torch, case):
     cfg = TILING_CASES[case]
