@@ -370,9 +370,10 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                   const floating[:, :, :, ::1] weight,
                   floating[:, :, :, ::1] grad_x,  # OUT, zero-filled by the caller
                   floating[:, ::1] grad_w_acc,    # OUT, zero-filled, one grad_weight per thread
-                  floating[:, ::1] work,          # scratch per thread: col, grad_col (+ grad_y tile)
+                  floating[:, ::1] work,          # scratch per thread: col, grad_col, grad_y tile,
+                                                  # transposed grad_weight (functional._gemm_plan)
                   spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads,
-                  bint want_grad_x=True):
+                  bint want_grad_x=True, bint gw_transposed=True):
     """grad_x and per-thread partial grad_weight of conv2d; one (sample block, group) per item.
 
     With ``want_grad_x`` False only grad_weight is computed (grad_x is left as
@@ -382,6 +383,13 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     so a work item owns whole samples and walks their row tiles in order;
     each thread accumulates grad_weight in its own row of ``grad_w_acc`` and
     the caller sums the rows (in thread order: run-to-run deterministic).
+
+    With ``gw_transposed`` grad_weight is accumulated transposed, (K x C_out_g)
+    per group, in the thread's workspace, so that the GEMM has m = C_out_g and
+    n = K: 1.2-1.7x faster than m = K, n = C_out_g when C_out_g fills the BLAS
+    kernel's rows (sgemm 16 x 150 x 200: 139 vs 82 GFLOP/s); each thread adds
+    the transpose to its row at the end.  Otherwise it goes straight into the
+    row (m = K).
     """
     cdef Geom p = make_geom(spec)
     cdef Py_ssize_t nb = samples_per_tile
@@ -399,11 +407,19 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     cdef const floating* gy
     cdef const floating* w_g
     cdef int ld_x, ld_gy
+    cdef Py_ssize_t gy_size = p.C_out_g * nb * rows_per_tile * p.W_out
+    cdef Py_ssize_t w_size = p.C_out * p.K
+    cdef Py_ssize_t tid, r, go
+    cdef floating* gwT
+    cdef floating* gwa
     if n_items == 0:
         return
     # static schedule: which thread sums which items (and so the rounding of
     # grad_weight) is the same on every call, as in PyTorch
     with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        gwT = &work[tid, 0] + 2 * tile_size + gy_size
+        memset(gwT, 0, w_size * sizeof(floating))
         for item in prange(n_items, schedule="static"):
             col = &work[threadid(), 0]
             gcol = col + tile_size
@@ -411,7 +427,10 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
             g = item % p.groups
             n0 = (item // p.groups) * nb
             n1 = min(n0 + nb, p.N)
-            gw = &grad_w_acc[threadid(), 0] + g * p.C_out_g * p.K
+            if gw_transposed:
+                gw = &work[threadid(), 0] + 2 * tile_size + gy_size + g * p.C_out_g * p.K
+            else:
+                gw = &grad_w_acc[threadid(), 0] + g * p.C_out_g * p.K
             w_g = &weight[g * p.C_out_g, 0, 0, 0]
             for t in range(n_tiles):
                 oh0 = t * rows_per_tile
@@ -437,9 +456,14 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                                     &p, oh0, oh1)
                     x_mat = col
                     ld_x = <int> ld
-                # grad_w_g (C_out_g x K) += grad_y (C_out_g x ld) @ col^T
-                gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
-                     1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
+                if gw_transposed:
+                    # grad_w_g^T (K x C_out_g, row-major) += col (K x ld) @ grad_y^T
+                    gemm(c"T", c"N", <int> p.C_out_g, <int> p.K, <int> ld,
+                         1, gy, ld_gy, x_mat, ld_x, 1, gw, <int> p.C_out_g)
+                else:
+                    # grad_w_g (C_out_g x K) += grad_y (C_out_g x ld) @ col^T
+                    gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
+                         1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
                 # grad_col (K x ld) = w_g^T (K x C_out_g) @ grad_y
                 if not want_grad_x:
                     pass
@@ -453,6 +477,12 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                     for s in range(n1 - n0):
                         col2im_tile(gcol + s * L_tile, ld, &grad_x[n0 + s, g * p.C_in_g, 0, 0],
                                     &p, oh0, oh1)
+        # this thread's grad_weight, transposed back, into its row
+        gwa = &grad_w_acc[tid, 0]
+        for go in range(p.C_out if gw_transposed else 0):
+            for r in range(p.K):
+                gwa[go * p.K + r] += gwT[(go // p.C_out_g) * p.C_out_g * p.K
+                                         + r * p.C_out_g + go % p.C_out_g]
 
 
 # ---------------------------------------------------------------------------

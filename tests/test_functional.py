@@ -305,6 +305,32 @@ def test_conv_gemm_wide_layout_vs_reference(monkeypatch, case, dtype):
                  err_msg="narrow: ")
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("case", sorted(TILING_CASES) + ["pointwise", "one-output"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_gemm_grad_weight_orientations_vs_reference(monkeypatch, case, dtype, transposed):
+    """backward_gemm's grad_weight GEMM both ways round (m = K, or m = C_out/groups into a
+    transposed per-thread accumulator), whatever the size rule would pick."""
+    cfg = {**TILING_CASES,
+           "pointwise": dict(x=(3, 6, 5, 4), w=(4, 3, 1, 1), kwargs=dict(groups=2)),
+           "one-output": dict(x=(2, 3, 4, 5), w=(5, 3, 4, 5), kwargs={})}[case]
+    rng = np.random.default_rng(12)
+    x, w = H.normal(rng, cfg["x"], dtype), H.normal(rng, cfg["w"], dtype)
+    g = H.normal(rng, R.conv2d(x, w, None, **cfg["kwargs"]).shape, dtype)
+    if x.size < 5000:
+        expected = R.conv2d_backward(g, x, w, **cfg["kwargs"])
+    else:  # the pure-Python reference is too slow here; 'direct' is checked against it
+        expected = Fn.conv2d_backward(g, x, w, algorithm="direct", **cfg["kwargs"])
+    monkeypatch.setattr(Fn, "_gemm_gw_transposed", lambda spec: transposed)
+    for n in THREADS:
+        with num_threads(n):
+            grads = Fn.conv2d_backward(g, x, w, algorithm="gemm", **cfg["kwargs"])
+            again = Fn.conv2d_backward(g, x, w, algorithm="gemm", **cfg["kwargs"])
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads, expected):
+            assert_close(r, e, err_msg=f"{name} threads={n}: ")
+        assert_same(again[1], grads[1], f"threads={n}: run to run")
+
+
 @pytest.mark.parametrize("case", sorted(TILING_CASES))
 def test_conv_gemm_tiling_vs_torch(torch, case):
     cfg = TILING_CASES[case]
