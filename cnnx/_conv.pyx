@@ -255,6 +255,60 @@ cdef void im2col_wide_tile(const floating* x_g, floating* col, Py_ssize_t ld, co
                 dst += ld
 
 
+cdef void zero_wide_gaps(floating* mat, Py_ssize_t ld, Py_ssize_t n_rows, const Geom* p,
+                         Py_ssize_t rows) noexcept nogil:
+    """Zero the garbage columns (j >= W_out of each output row but the last) of
+    ``n_rows`` rows of a wide-layout matrix tile of ``rows`` output rows."""
+    cdef Py_ssize_t Wp = wide_width(p)
+    cdef Py_ssize_t r, i
+    if Wp == p.W_out:
+        return
+    for r in range(n_rows):
+        for i in range(rows - 1):
+            zero_row(mat + r * ld + i * Wp + p.W_out, Wp - p.W_out)
+
+
+cdef void gather_grad_y_wide(const floating* gy_g, floating* dst, Py_ssize_t ld, const Geom* p,
+                             Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
+    """dst[o, (i-oh0)*Wp + j] = gy_g[o, i, j] for j < W_out, 0 in the garbage columns
+    (gy_g: the C_out_g planes of one sample and group)."""
+    cdef Py_ssize_t Wp = wide_width(p)
+    cdef Py_ssize_t o, i
+    for o in range(p.C_out_g):
+        for i in range(oh0, oh1):
+            copy_row(dst + o * ld + (i - oh0) * Wp, gy_g + o * p.L + i * p.W_out, p.W_out, 1)
+            if i < oh1 - 1:
+                zero_row(dst + o * ld + (i - oh0) * Wp + p.W_out, Wp - p.W_out)
+
+
+cdef void col2im_wide_tile(const floating* col, Py_ssize_t ld, floating* gx_g, const Geom* p,
+                           Py_ssize_t oh0, Py_ssize_t oh1, floating* plane) noexcept nogil:
+    """The transpose of im2col_wide_tile (OUT gx_g += ...): each row of ``col``
+    is added as one run into a zero-padded band of the input plane, whose
+    input part is then added to gx_g.  The garbage columns of ``col`` must be
+    zero (they land on real band positions)."""
+    cdef Py_ssize_t Wp = wide_width(p)
+    cdef Py_ssize_t rows = oh1 - oh0
+    cdef Py_ssize_t in_rows = rows + p.dilation_h * (p.KH - 1)
+    cdef Py_ssize_t run = (rows - 1) * Wp + p.W_out
+    cdef Py_ssize_t c, u, v, r, ih
+    cdef Py_ssize_t iw_lo = min(p.pad_left, Wp)
+    cdef Py_ssize_t iw_hi = min(p.pad_left + p.W, Wp)
+    cdef const floating* src = col
+    for c in range(p.C_in_g):
+        zero_row(plane, in_rows * Wp)
+        for u in range(p.KH):
+            for v in range(p.KW):
+                add_row(plane + u * p.dilation_h * Wp + v * p.dilation_w, src, run, 1)
+                src += ld
+        if iw_hi > iw_lo:
+            for r in range(in_rows):
+                ih = oh0 + r - p.pad_top
+                if 0 <= ih < p.H:
+                    add_row(gx_g + (c * p.H + ih) * p.W + iw_lo - p.pad_left,
+                            plane + r * Wp + iw_lo, iw_hi - iw_lo, 1)
+
+
 def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns, bint wide=False):
     """(samples per tile, output rows per tile) for the im2col tiles.
 
@@ -378,7 +432,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                   floating[:, ::1] work,          # scratch per thread: col, grad_col, grad_y tile,
                                                   # transposed grad_weight (functional._gemm_plan)
                   spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads,
-                  bint want_grad_x=True, bint gw_transposed=True):
+                  bint want_grad_x=True, bint gw_transposed=True, bint wide=False):
     """grad_x and per-thread partial grad_weight of conv2d; one (sample block, group) per item.
 
     With ``want_grad_x`` False only grad_weight is computed (grad_x is left as
@@ -395,13 +449,20 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     kernel's rows (sgemm 16 x 150 x 200: 139 vs 82 GFLOP/s); each thread adds
     the transpose to its row at the end.  Otherwise it goes straight into the
     row (m = K).
+
+    ``wide`` (stride 1 only; the caller checked that the weight is finite):
+    col, grad_y and grad_col in the wide layout of im2col_wide_tile, with the
+    garbage columns of col and grad_y zeroed so that they add nothing to
+    grad_weight and give all-zero garbage columns of grad_col (finite weight).
     """
     cdef Geom p = make_geom(spec)
     cdef Py_ssize_t nb = samples_per_tile
     cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
     cdef Py_ssize_t n_blocks = (p.N + nb - 1) // nb
     cdef Py_ssize_t n_items = n_blocks * p.groups
-    cdef Py_ssize_t tile_size = p.K * nb * rows_per_tile * p.W_out
+    cdef Py_ssize_t Wp = wide_width(&p)
+    cdef Py_ssize_t width = Wp if wide else p.W_out
+    cdef Py_ssize_t tile_size = p.K * nb * rows_per_tile * width
     cdef bint pointwise = is_pointwise(&p)
     cdef Py_ssize_t item, n0, n1, s, g, t, oh0, oh1, L_tile, ld, o
     cdef floating* col
@@ -412,7 +473,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     cdef const floating* gy
     cdef const floating* w_g
     cdef int ld_x, ld_gy
-    cdef Py_ssize_t gy_size = p.C_out_g * nb * rows_per_tile * p.W_out
+    cdef Py_ssize_t gy_size = p.C_out_g * nb * rows_per_tile * width
     cdef Py_ssize_t w_size = p.C_out * p.K
     cdef Py_ssize_t tid, r, go
     cdef floating* gwT
@@ -440,6 +501,33 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
             for t in range(n_tiles):
                 oh0 = t * rows_per_tile
                 oh1 = min(oh0 + rows_per_tile, p.H_out)
+                if wide:
+                    L_tile = (oh1 - oh0 - 1) * Wp + p.W_out
+                    ld = (n1 - n0) * L_tile
+                    for s in range(n1 - n0):
+                        gather_grad_y_wide(&grad_out[n0 + s, g * p.C_out_g, 0, 0],
+                                           gy_t + s * L_tile, ld, &p, oh0, oh1)
+                        im2col_wide_tile(&x[n0 + s, g * p.C_in_g, 0, 0], col + s * L_tile, ld,
+                                         &p, oh0, oh1, gy_t + gy_size + w_size)
+                        zero_wide_gaps(col + s * L_tile, ld, p.K, &p, oh1 - oh0)
+                    gy = gy_t
+                    ld_gy = <int> ld
+                    x_mat = col
+                    ld_x = <int> ld
+                    if gw_transposed:
+                        gemm(c"T", c"N", <int> p.C_out_g, <int> p.K, <int> ld,
+                             1, gy, ld_gy, x_mat, ld_x, 1, gw, <int> p.C_out_g)
+                    else:
+                        gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
+                             1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
+                    if want_grad_x:
+                        gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
+                             1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
+                        for s in range(n1 - n0):
+                            col2im_wide_tile(gcol + s * L_tile, ld,
+                                             &grad_x[n0 + s, g * p.C_in_g, 0, 0], &p, oh0, oh1,
+                                             gy_t + gy_size + w_size)
+                    continue
                 L_tile = (oh1 - oh0) * p.W_out
                 ld = (n1 - n0) * L_tile
                 if n1 - n0 == 1:

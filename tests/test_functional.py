@@ -306,6 +306,65 @@ def test_conv_gemm_wide_layout_vs_reference(monkeypatch, case, dtype):
 
 
 @pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+def test_conv_gemm_wide_backward_vs_reference(monkeypatch, case, transposed):
+    """backward_gemm in the wide layout (float32, finite weight), forced on; both
+    grad_weight orientations; 1 and 2 threads; run to run identical."""
+    cfg = WIDE_CASES[case]
+    rng = np.random.default_rng(13)
+    x, w = H.normal(rng, cfg["x"], np.float32), H.normal(rng, cfg["w"], np.float32)
+    g = H.normal(rng, R.conv2d(x, w, None, **cfg["kwargs"]).shape, np.float32)
+    if x.size < 5000:
+        expected = R.conv2d_backward(g, x, w, **cfg["kwargs"])
+    else:  # the pure-Python reference is too slow here; 'direct' is checked against it
+        expected = Fn.conv2d_backward(g, x, w, algorithm="direct", **cfg["kwargs"])
+    monkeypatch.setattr(Fn, "WIDE_MAX_RATIO", 1e9)
+    monkeypatch.setattr(Fn, "WIDE_MAX_C_OUT", 1 << 30)
+    monkeypatch.setattr(Fn, "_gemm_gw_transposed", lambda spec: transposed)
+    kw = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **cfg["kwargs"]}
+    assert Fn._gemm_wide_backward(Fn.prepare_conv2d(x, w, None, **kw)[3], w)
+    for n in THREADS:
+        with num_threads(n):
+            grads = Fn.conv2d_backward(g, x, w, algorithm="gemm", **cfg["kwargs"])
+            again = Fn.conv2d_backward(g, x, w, algorithm="gemm", **cfg["kwargs"])
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads, expected):
+            assert_close(r, e, err_msg=f"{name} threads={n}: ")
+        for name, r, e in zip(("grad_x", "grad_w"), again, grads):
+            assert_same(r, e, f"{name} threads={n}: run to run")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # grad_b: inf + -inf
+@pytest.mark.parametrize("case", ["padding-asym", "no-padding", "dilation"])
+def test_conv_gemm_wide_backward_non_finite(monkeypatch, case):
+    """Wide backward with inf/NaN in x and grad_out: the garbage columns are zeroed, so
+    the result has the narrow layout's NaN/inf pattern; a non-finite weight turns the
+    wide layout off (its garbage grad_col columns would be 0 * inf)."""
+    cfg = WIDE_CASES[case]
+    rng = np.random.default_rng(14)
+    x = H.with_specials(rng, cfg["x"], np.float32, fraction=0.05)
+    w = H.normal(rng, cfg["w"], np.float32)
+    g = H.with_specials(rng, R.conv2d(H.normal(rng, cfg["x"]), w, None, **cfg["kwargs"]).shape,
+                        np.float32, fraction=0.05)
+    monkeypatch.setattr(Fn, "WIDE_MAX_RATIO", 1e9)
+    monkeypatch.setattr(Fn, "WIDE_MAX_C_OUT", 1 << 30)
+    wide = Fn.conv2d_backward(g, x, w, algorithm="gemm", **cfg["kwargs"])
+    monkeypatch.setattr(Fn, "WIDE_MAX_RATIO", 0)
+    narrow = Fn.conv2d_backward(g, x, w, algorithm="gemm", **cfg["kwargs"])
+    for name, r, e in zip(("grad_x", "grad_w"), wide, narrow):
+        assert_array_equal(np.isnan(r), np.isnan(e), err_msg=name)
+        assert_close(r, e, err_msg=f"{name}: ")
+    monkeypatch.setattr(Fn, "WIDE_MAX_RATIO", 1e9)
+    kw = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **cfg["kwargs"]}
+    spec = Fn.prepare_conv2d(x, w, None, **kw)[3]
+    assert Fn._gemm_wide_backward(spec, w)
+    for bad in (np.inf, -np.inf, np.nan):
+        w_bad = w.copy()
+        w_bad.flat[0] = bad
+        assert not Fn._gemm_wide_backward(spec, w_bad)
+    assert not Fn._gemm_wide_backward(spec, w.astype(np.float64))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("case", sorted(TILING_CASES) + ["pointwise", "one-output"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv_gemm_grad_weight_orientations_vs_reference(monkeypatch, case, dtype, transposed):
