@@ -203,8 +203,56 @@ cdef void col2im_tile(const floating* col, Py_ssize_t ld, floating* gx_g, const 
 
 
 cdef inline Py_ssize_t wide_width(const Geom* p) noexcept nogil:
-    """Columns per output row in the 'wide' layout: the padded input width."""
-    return p.W_out + p.dilation_w * (p.KW - 1)
+    """Columns per output row in the 'wide' layout: the padded input width for
+    stride 1, the width of one polyphase plane for a larger stride."""
+    return p.W_out + (p.dilation_w * (p.KW - 1)) // p.stride_w
+
+
+cdef void im2col_wide_strided_tile(const floating* x_g, floating* col, Py_ssize_t ld,
+                                   const Geom* p, Py_ssize_t oh0, Py_ssize_t oh1,
+                                   floating* plane) noexcept nogil:
+    """im2col_wide_tile for stride > 1, through the polyphase planes of x_pad::
+
+        Q[a, b][r, q] = x_pad[c, (oh0 + r)*S_h + a, q*S_w + b]    (a < S_h, b < S_w)
+
+    Tap (u, v) at output (i, j) reads x_pad[c, i*S_h + u*D_h, j*S_w + v*D_w] =
+    Q[a, b][i - oh0 + su, j + sv] with (su, a) = divmod(u*D_h, S_h) and
+    (sv, b) = divmod(v*D_w, S_w): a stride-1 correlation on the planes, so each
+    row of ``col`` is again one contiguous run, with Wq = W_out + (D_w*(KW-1))//S_w
+    columns per output row.  ``plane`` holds the S_h*S_w planes of one channel
+    (Rq x Wq each, Rq = rows + (D_h*(KH-1))//S_h).
+    """
+    cdef Py_ssize_t Wq = wide_width(p)
+    cdef Py_ssize_t rows = oh1 - oh0
+    cdef Py_ssize_t Rq = rows + (p.dilation_h * (p.KH - 1)) // p.stride_h
+    cdef Py_ssize_t run = (rows - 1) * Wq + p.W_out
+    cdef Py_ssize_t c, u, v, r, a, b, ih, q_lo, q_hi
+    cdef floating* dst = col
+    cdef floating* qrow
+    cdef const floating* x_row
+    for c in range(p.C_in_g):
+        for a in range(p.stride_h):
+            for b in range(p.stride_w):
+                # input columns q*S_w + b - P_left inside [0, W) for q in [q_lo, q_hi)
+                valid_range(b - p.pad_left, p.stride_w, p.W, Wq, &q_lo, &q_hi)
+                for r in range(Rq):
+                    qrow = plane + ((a * p.stride_w + b) * Rq + r) * Wq
+                    ih = (oh0 + r) * p.stride_h + a - p.pad_top
+                    if ih < 0 or ih >= p.H:
+                        zero_row(qrow, Wq)
+                    else:
+                        x_row = x_g + (c * p.H + ih) * p.W + b - p.pad_left
+                        zero_row(qrow, q_lo)
+                        copy_row(qrow + q_lo, x_row + q_lo * p.stride_w, q_hi - q_lo, p.stride_w)
+                        zero_row(qrow + q_hi, Wq - q_hi)
+        for u in range(p.KH):
+            a = (u * p.dilation_h) % p.stride_h
+            for v in range(p.KW):
+                b = (v * p.dilation_w) % p.stride_w
+                copy_row(dst, plane + (a * p.stride_w + b) * Rq * Wq
+                         + ((u * p.dilation_h) // p.stride_h) * Wq + (v * p.dilation_w) // p.stride_w,
+                         run, 1)
+                dst += ld
 
 
 cdef void im2col_wide_tile(const floating* x_g, floating* col, Py_ssize_t ld, const Geom* p,
@@ -221,8 +269,11 @@ cdef void im2col_wide_tile(const floating* x_g, floating* col, Py_ssize_t ld, co
     row.  Columns j >= W_out are garbage (values of the next padded row) and
     must be dropped from the product.  ``plane`` is scratch for the padded
     rows of one channel, ((oh1-oh0-1) + D_h*(KH-1) + 1) * Wp values; it is
-    not used when the tile needs no padding.
+    not used when the tile needs no padding.  Strides > 1: im2col_wide_strided_tile.
     """
+    if p.stride_h != 1 or p.stride_w != 1:
+        im2col_wide_strided_tile(x_g, col, ld, p, oh0, oh1, plane)
+        return
     cdef Py_ssize_t Wp = wide_width(p)
     cdef Py_ssize_t rows = oh1 - oh0
     cdef Py_ssize_t in_rows = rows + p.dilation_h * (p.KH - 1)

@@ -174,30 +174,35 @@ def _choose_algorithm(algorithm, spec, factor):
 
 
 def _gemm_wide(spec):
-    """Whether the forward GEMM uses the 'wide' im2col layout (stride 1 only).
+    """Whether the forward GEMM uses the 'wide' im2col layout.
 
-    Wide columns cover the padded input width Wp = W_out + D_w*(KW-1): each
-    im2col row is one long copy instead of H_out short ones, for Wp/W_out
+    Wide columns cover the padded input width Wp = W_out + D_w*(KW-1) (stride 1;
+    for larger strides the width of a polyphase plane, W_out + (D_w*(KW-1))//S_w):
+    each im2col row is one long copy instead of H_out short ones, for Wp/W_out
     times the GEMM columns.  Pays when rows are short and the extra columns
     few (see _conv.im2col_wide_tile).
     """
-    if (spec.stride_h != 1 or spec.stride_w != 1 or (spec.KH == 1 and spec.KW == 1)
-            or spec.C_out // spec.groups > WIDE_MAX_C_OUT):
+    if (spec.KH == 1 and spec.KW == 1) or spec.C_out // spec.groups > WIDE_MAX_C_OUT:
         return False
-    Wp = spec.W_out + spec.dilation_w * (spec.KW - 1)
-    return Wp <= WIDE_MAX_RATIO * spec.W_out
+    return _wide_width(spec) <= WIDE_MAX_RATIO * spec.W_out
+
+
+def _wide_width(spec):
+    """Columns per output row of the wide layout (_conv.wide_width)."""
+    return spec.W_out + (spec.dilation_w * (spec.KW - 1)) // spec.stride_w
 
 
 def _gemm_wide_backward(spec, weight):
-    """Whether backward_gemm uses the wide layout: as the forward, float32 only, and only
-    for a finite weight (the garbage columns of grad_col are 0 * weight, added into the
+    """Whether backward_gemm uses the wide layout: as the forward, stride 1 and float32
+    only, and only for a finite weight (the garbage columns of grad_col are 0 * weight, added into the
     padded input band).
 
     Measured 1 thread, wide/narrow backward: float32 0.88-0.96 over (64,1,28,28) k5 p2
     6 out, (64,6,14,14) k5 16 out, (64,3,32,32) / (64,32,32,32) k3 p1 8-16 out; float64
     1.00-1.19 on the same cases (the extra GEMM columns cost more than the copies save).
     """
-    return (weight.dtype == np.float32 and _gemm_wide(spec)
+    return (weight.dtype == np.float32 and spec.stride_h == 1 and spec.stride_w == 1
+            and _gemm_wide(spec)
             and (weight.size == 0 or (bool(np.isfinite(weight.min()))
                                       and bool(np.isfinite(weight.max())))))
 
@@ -229,7 +234,7 @@ def _gemm_plan(spec, backward, wide=False):
     C_out_g = spec.C_out // spec.groups
     K = C_in_g * spec.KH * spec.KW
     samples, rows = _conv.gemm_tiling(spec, TILE_ELEMENTS, TILE_MIN_COLUMNS, wide)
-    width = spec.W_out + spec.dilation_w * (spec.KW - 1) if wide else spec.W_out
+    width = _wide_width(spec) if wide else spec.W_out
     columns = samples * rows * width
     if max(K, C_out_g, spec.H_out * spec.W_out, K * columns, C_out_g * columns) > BLAS_INT_MAX:
         raise ValueError(
@@ -241,8 +246,9 @@ def _gemm_plan(spec, backward, wide=False):
         size = 2 * K * columns + C_out_g * columns + spec.C_out * K
     else:          # col and an output tile
         size = K * columns + C_out_g * columns
-    if wide:       # + one padded input plane band
-        size += (rows + spec.dilation_h * (spec.KH - 1)) * width
+    if wide:       # + one padded input plane band (stride > 1: its S_h*S_w polyphase planes)
+        size += (spec.stride_h * spec.stride_w
+                 * (rows + (spec.dilation_h * (spec.KH - 1)) // spec.stride_h) * width)
     return samples, rows, size
 
 

@@ -282,10 +282,32 @@ WIDE_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(WIDE_CASES))
+# strides > 1: the wide layout over polyphase planes (forward only)
+WIDE_STRIDED_CASES = {
+    "stride2-pad1": dict(x=(3, 3, 9, 10), w=(4, 3, 3, 3), kwargs=dict(stride=2, padding=1)),
+    "stride-2x3-asym": dict(x=(2, 2, 11, 13), w=(3, 2, 3, 4),
+                            kwargs=dict(stride=(2, 3), padding=(2, 1))),
+    "stride2-dilation2": dict(x=(2, 2, 12, 12), w=(3, 2, 3, 3),
+                              kwargs=dict(stride=2, dilation=2, padding=1)),
+    "stride3-dilation2": dict(x=(2, 2, 13, 14), w=(3, 2, 3, 2),
+                              kwargs=dict(stride=3, dilation=(2, 3))),
+    "stride-larger-than-kernel": dict(x=(2, 3, 11, 12), w=(2, 3, 2, 2),
+                                      kwargs=dict(stride=(4, 3), padding=(0, 1))),
+    "stride2-one-output": dict(x=(2, 2, 4, 5), w=(3, 2, 4, 5), kwargs=dict(stride=2)),
+    "stride2-one-output-row": dict(x=(2, 2, 3, 9), w=(3, 2, 3, 3), kwargs=dict(stride=2)),
+    "stride2-groups": dict(x=(3, 4, 9, 9), w=(6, 2, 3, 3), kwargs=dict(stride=2, groups=2,
+                                                                       padding=1)),
+    "stride2-row-tiles": dict(x=(1, 40, 70, 70), w=(4, 40, 3, 3), kwargs=dict(stride=2,
+                                                                              padding=1)),
+    "stride2-image-tiles": dict(x=(9, 3, 12, 12), w=(6, 3, 5, 5), kwargs=dict(stride=2,
+                                                                             padding=2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WIDE_CASES) + sorted(WIDE_STRIDED_CASES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv_gemm_wide_layout_vs_reference(monkeypatch, case, dtype):
-    cfg = WIDE_CASES[case]
+    cfg = {**WIDE_CASES, **WIDE_STRIDED_CASES}[case]
     rng = np.random.default_rng(11)
     x, w = H.normal(rng, cfg["x"], dtype), H.normal(rng, cfg["w"], dtype)
     b = H.normal(rng, (cfg["w"][0],), dtype)
