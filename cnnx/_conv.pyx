@@ -531,6 +531,8 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     cdef floating* gwa
     if n_items == 0:
         return
+    tid = r = go = 0   # (assigned in the parallel block; initialised for the compiler)
+    gwT = gwa = NULL
     # static schedule: which thread sums which items (and so the rounding of
     # grad_weight) is the same on every call, as in PyTorch
     with nogil, parallel(num_threads=n_threads):
