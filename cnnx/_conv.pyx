@@ -74,14 +74,14 @@ cdef inline void gemm(char transa, char transb, int m, int n, int k,
 # than the copy.  Plain copy loops would be turned back into memmove calls by
 # the compiler, so runs are copied in fixed-size pieces (which compile to a
 # few vector moves): 32 bytes at a time, then 16/8/4 for the tail.  Runs of
-# 128 bytes or more go to memcpy (libc's AVX-512 copy is faster there).
+# 64 bytes or more go to memcpy (libc's AVX-512 copy is faster there).
 cdef extern from *:
     """
     #include <string.h>
     #define CNNX_PIECE(dst, src, bytes, nb) \
         if (bytes & nb) { memcpy(dst, src, nb); dst += nb; src += nb; }
     static inline void cnnx_copy_bytes(char *dst, const char *src, Py_ssize_t bytes) {
-        if (bytes >= 128) { memcpy(dst, src, (size_t) bytes); return; }
+        if (bytes >= 64) { memcpy(dst, src, (size_t) bytes); return; }
         while (bytes >= 32) { memcpy(dst, src, 32); dst += 32; src += 32; bytes -= 32; }
         CNNX_PIECE(dst, src, bytes, 16)
         CNNX_PIECE(dst, src, bytes, 8)
