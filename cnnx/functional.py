@@ -61,6 +61,13 @@ Algorithm = Literal["auto", "direct", "gemm", "winograd"]
 TILE_ELEMENTS = 1 << 15
 # ... but at least this many columns (output pixels), or the GEMM is too thin to be fast.
 TILE_MIN_COLUMNS = 256
+# The forward uses the 'wide' im2col layout (stride 1) when the padded input width is at
+# most this many times W_out (the extra GEMM columns it costs) and C_out/groups is at most
+# WIDE_MAX_C_OUT (the fewer outputs, the larger im2col's share of the time).  Measured
+# (1 thread, float32, forward, wide/narrow): x (64,1,28,28) k5 p2 6 out 0.65; (64,6,14,14)
+# k5 16 out 0.74; (64,32,32,32) k3 p1 8 out 0.84, 16 out 0.91, 32 out 1.04, 64 out 1.06.
+WIDE_MAX_RATIO = 1.5
+WIDE_MAX_C_OUT = 16
 # Below this much work a call runs on one thread: waking a sleeping OpenMP worker costs
 # ~10-30 us, so only calls worth ~100 us or more go parallel.  Work is counted in
 # pooling window taps / elements; a conv multiply-add (run by BLAS) counts 1/16.
@@ -210,7 +217,58 @@ def _choose_algorithm(algorithm, spec, factor, *others, factor_finite=None):
     return "gemm"
 
 
-def _gemm_plan(spec, backward):
+def _gemm_wide(spec):
+    """Whether the forward GEMM uses the 'wide' im2col layout.
+
+    Wide columns cover the padded input width Wp = W_out + D_w*(KW-1) (stride 1;
+    for larger strides the width of a polyphase plane, W_out + (D_w*(KW-1))//S_w):
+    each im2col row is one long copy instead of H_out short ones, for Wp/W_out
+    times the GEMM columns.  Pays when rows are short and the extra columns
+    few (see _conv.im2col_wide_tile).
+    """
+    if (spec.KH == 1 and spec.KW == 1) or spec.C_out // spec.groups > WIDE_MAX_C_OUT:
+        return False
+    return _wide_width(spec) <= WIDE_MAX_RATIO * spec.W_out
+
+
+def _wide_width(spec):
+    """Columns per output row of the wide layout (_conv.wide_width)."""
+    return spec.W_out + (spec.dilation_w * (spec.KW - 1)) // spec.stride_w
+
+
+def _gemm_wide_backward(spec, weight):
+    """Whether backward_gemm uses the wide layout: as the forward, stride 1 and float32
+    only, and only for a finite weight (the garbage columns of grad_col are 0 * weight, added into the
+    padded input band).
+
+    Measured 1 thread, wide/narrow backward: float32 0.88-0.96 over (64,1,28,28) k5 p2
+    6 out, (64,6,14,14) k5 16 out, (64,3,32,32) / (64,32,32,32) k3 p1 8-16 out; float64
+    1.00-1.19 on the same cases (the extra GEMM columns cost more than the copies save).
+    """
+    return (weight.dtype == np.float32 and spec.stride_h == 1 and spec.stride_w == 1
+            and _gemm_wide(spec)
+            and (weight.size == 0 or (bool(np.isfinite(weight.min()))
+                                      and bool(np.isfinite(weight.max())))))
+
+
+def _lane_use(m):
+    """Fraction of a 16-row BLAS micro-kernel tile that ``m`` rows fill."""
+    return m / (16 * -(-m // 16))
+
+
+def _gemm_gw_transposed(spec):
+    """Whether backward_gemm accumulates grad_weight transposed (GEMM m = C_out/groups).
+
+    OpenBLAS's kernels work on 16-row blocks of m: the orientation whose m fills
+    them better wins (measured 1 thread, float32 backward: (64,6,14,14) k5 16 out
+    1.12 -> 0.94 ms, (64,32,32,32) k3 64 out 34.0 -> 32.1 ms; (64,1,28,28) k5 6 out
+    is slower transposed, m = 6 fills 6/16 of a block).
+    """
+    K = spec.C_in // spec.groups * spec.KH * spec.KW
+    return _lane_use(spec.C_out // spec.groups) >= _lane_use(K)
+
+
+def _gemm_plan(spec, backward, wide=False):
     """(samples per tile, rows per tile, per-thread workspace size) for the GEMM path.
 
     The workspace is bounded (about TILE_ELEMENTS values per matrix), never an
@@ -219,18 +277,22 @@ def _gemm_plan(spec, backward):
     C_in_g = spec.C_in // spec.groups
     C_out_g = spec.C_out // spec.groups
     K = C_in_g * spec.KH * spec.KW
-    samples, rows = _conv.gemm_tiling(spec, TILE_ELEMENTS, TILE_MIN_COLUMNS)
-    columns = samples * rows * spec.W_out
+    samples, rows = _conv.gemm_tiling(spec, TILE_ELEMENTS, TILE_MIN_COLUMNS, wide)
+    width = _wide_width(spec) if wide else spec.W_out
+    columns = samples * rows * width
     if max(K, C_out_g, spec.H_out * spec.W_out, K * columns, C_out_g * columns) > BLAS_INT_MAX:
         raise ValueError(
             f"conv2d: a matrix dimension exceeds the 32-bit BLAS limit ({BLAS_INT_MAX}) for "
             f"x shape {spec.in_shape} and weight shape ({spec.C_out}, {C_in_g}, {spec.KH}, "
             f"{spec.KW}); use algorithm='direct'"
         )
-    if backward:   # col, grad_col and a grad_y tile
-        size = 2 * K * columns + C_out_g * columns
+    if backward:   # col, grad_col, a grad_y tile and a (transposed) grad_weight
+        size = 2 * K * columns + C_out_g * columns + spec.C_out * K
     else:          # col and an output tile
         size = K * columns + C_out_g * columns
+    if wide:       # + one padded input plane band (stride > 1: its S_h*S_w polyphase planes)
+        size += (spec.stride_h * spec.stride_w
+                 * (rows + (spec.dilation_h * (spec.KH - 1)) // spec.stride_h) * width)
     return samples, rows, size
 
 
@@ -330,12 +392,14 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
         _winograd_conv(x, _winograd_weights(weight), b, has_bias, y, spec.groups,
                        spec.pad_top, spec.pad_left, work)
     else:
-        samples, rows, ws = _gemm_plan(spec, backward=False)
+        wide = _gemm_wide(spec)
+        samples, rows, ws = _gemm_plan(spec, backward=False, wide=wide)
         n_items = -(-spec.N // samples) * spec.groups * -(-spec.H_out // rows)
         n_threads = _threads_for(work, n_items)
         scratch = np.empty((n_threads, ws), dtype=x.dtype)
         with _blas_threads(1 if n_threads > 1 else get_num_threads()):
-            _conv.forward_gemm(x, weight, b, has_bias, y, scratch, spec, samples, rows, n_threads)
+            _conv.forward_gemm(x, weight, b, has_bias, y, scratch, spec, samples, rows, n_threads,
+                               wide)
     return _finish(y, result, spec.batched)
 
 
@@ -373,13 +437,14 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             _winograd_input_grad(grad_out, weight, grad_x, spec, work)
             grad_w = _winograd_weight_grad(grad_out, x, spec, work)
         else:
-            samples, rows, ws = _gemm_plan(spec, backward=True)
+            wide = _gemm_wide_backward(spec, weight)
+            samples, rows, ws = _gemm_plan(spec, backward=True, wide=wide)
             n_threads = _threads_for(work, -(-spec.N // samples) * spec.groups)
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
             acc = np.zeros((n_threads, weight.size), dtype=x.dtype)
             with _blas_threads(1 if n_threads > 1 else get_num_threads()):
                 _conv.backward_gemm(grad_out, x, weight, grad_x, acc, scratch, spec, samples,
-                                    rows, n_threads)
+                                    rows, n_threads, True, _gemm_gw_transposed(spec), wide)
             grad_w = acc.sum(axis=0).reshape(weight.shape) if n_threads > 1 else acc.reshape(weight.shape)
     return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
             _finish(grad_b, result))
