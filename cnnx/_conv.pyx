@@ -483,11 +483,8 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                   floating[:, ::1] work,          # scratch per thread: col, grad_col, grad_y tile,
                                                   # transposed grad_weight (functional._gemm_plan)
                   spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads,
-                  bint want_grad_x=True, bint gw_transposed=True, bint wide=False):
+                  bint gw_transposed=True, bint wide=False):
     """grad_x and per-thread partial grad_weight of conv2d; one (sample block, group) per item.
-
-    With ``want_grad_x`` False only grad_weight is computed (grad_x is left as
-    given: another algorithm computes it).
 
     Row tiles of one sample overlap in grad_x (neighbouring receptive fields),
     so a work item owns whole samples and walks their row tiles in order;
@@ -573,13 +570,12 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                     else:
                         gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
                              1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
-                    if want_grad_x:
-                        gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
-                             1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
-                        for s in range(n1 - n0):
-                            col2im_wide_tile(gcol + s * L_tile, ld,
-                                             &grad_x[n0 + s, g * p.C_in_g, 0, 0], &p, oh0, oh1,
-                                             gy_t + gy_size + w_size)
+                    gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
+                         1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
+                    for s in range(n1 - n0):
+                        col2im_wide_tile(gcol + s * L_tile, ld,
+                                         &grad_x[n0 + s, g * p.C_in_g, 0, 0], &p, oh0, oh1,
+                                         gy_t + gy_size + w_size)
                     continue
                 L_tile = (oh1 - oh0) * p.W_out
                 ld = (n1 - n0) * L_tile
@@ -611,9 +607,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                     gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
                          1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
                 # grad_col (K x ld) = w_g^T (K x C_out_g) @ grad_y
-                if not want_grad_x:
-                    pass
-                elif pointwise:
+                if pointwise:
                     gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
                          1, gy, ld_gy, w_g, <int> p.K,
                          0, &grad_x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out, <int> p.L)

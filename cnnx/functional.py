@@ -444,7 +444,7 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             acc = np.zeros((n_threads, weight.size), dtype=x.dtype)
             with _blas_threads(1 if n_threads > 1 else get_num_threads()):
                 _conv.backward_gemm(grad_out, x, weight, grad_x, acc, scratch, spec, samples,
-                                    rows, n_threads, True, _gemm_gw_transposed(spec), wide)
+                                    rows, n_threads, _gemm_gw_transposed(spec), wide)
             grad_w = acc.sum(axis=0).reshape(weight.shape) if n_threads > 1 else acc.reshape(weight.shape)
     return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
             _finish(grad_b, result))
