@@ -77,7 +77,7 @@ cdef void load_rows(const floating* x_c, Py_ssize_t H, Py_ssize_t W, Py_ssize_t 
 cdef void input_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
                           floating* tmp, floating* V, Py_ssize_t xi_step) noexcept nogil:
     """V[xi*xi_step + tj] = (B^T d B)[xi] for the tiles tj of one tile row (OUT V), d the
-    4x4 patch of ``rows`` (as load_rows lays them out); ``tmp`` holds 2*half values (fewer than the 6*tW the caller gives)."""
+    4x4 patch of ``rows`` (as load_rows lays them out); ``tmp`` holds 2*half values."""
     cdef Py_ssize_t a, k, tj
     cdef const floating* d0 = rows
     cdef const floating* d1 = rows + 2 * half
@@ -115,43 +115,46 @@ cdef void input_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
 
 
 cdef void output_transform(const floating* M, Py_ssize_t xi_step, Py_ssize_t tW,
-                           floating* y_o, Py_ssize_t H_out, Py_ssize_t W_out,
-                           Py_ssize_t ti, floating b, floating* tmp) noexcept nogil:
-    """y_o[2*ti + r, 2*tj + e] = (A^T m A)[r, e] + b for the tiles tj of tile row ti, with
-    m[xi] = M[xi*xi_step + tj]; rows and columns beyond H_out, W_out are not written.
-    ``tmp`` holds 6*tW values."""
-    cdef Py_ssize_t r, e, tj, h
+                           Py_ssize_t T, floating* y_o, Py_ssize_t H_out, Py_ssize_t W_out,
+                           Py_ssize_t ti0, floating b, floating* tmp) noexcept nogil:
+    """y_o[2*ti + r, 2*tj + e] = (A^T m A)[r, e] + b for the T tiles of a band (tile rows
+    ti0, ti0 + 1, ..., tW tiles each), with m[xi] = M[xi*xi_step + t], t = (ti - ti0)*tW + tj;
+    rows and columns beyond H_out, W_out are not written.  ``tmp`` holds 6*T values.
+
+    The whole band in each loop: long unit-stride loops, one store stream each."""
+    cdef Py_ssize_t r, e, t, k, tj, h
     cdef const floating* m
     cdef floating* s
     cdef floating* y_row
-    cdef floating* y0 = tmp + 4 * tW
-    cdef floating* y1 = tmp + 5 * tW
+    cdef floating* y0 = tmp + 4 * T
+    cdef floating* y1 = tmp + 5 * T
     for r in range(2):
-        h = 2 * ti + r
-        if h >= H_out:
-            break
         # row r of A^T m: s[e] = m[0, e] + m[1, e] + m[2, e]  or  m[1, e] - m[2, e] - m[3, e]
         for e in range(4):
             m = M + e * xi_step
-            s = tmp + e * tW
+            s = tmp + e * T
             if r == 0:
-                for tj in range(tW):
-                    s[tj] = m[tj] + m[4 * xi_step + tj] + m[8 * xi_step + tj]
+                for t in range(T):
+                    s[t] = m[t] + m[4 * xi_step + t] + m[8 * xi_step + t]
             else:
-                for tj in range(tW):
-                    s[tj] = m[4 * xi_step + tj] - m[8 * xi_step + tj] - m[12 * xi_step + tj]
+                for t in range(T):
+                    s[t] = m[4 * xi_step + t] - m[8 * xi_step + t] - m[12 * xi_step + t]
         # (A^T m A)[r, 0] = s[0] + s[1] + s[2],  [r, 1] = s[1] - s[2] - s[3]
-        for tj in range(tW):
-            y0[tj] = tmp[tj] + tmp[tW + tj] + tmp[2 * tW + tj] + b
-        for tj in range(tW):
-            y1[tj] = tmp[tW + tj] - tmp[2 * tW + tj] - tmp[3 * tW + tj] + b
-        # ... to columns 2tj and 2tj + 1
-        y_row = y_o + h * W_out
-        for tj in range(W_out // 2):
-            y_row[2 * tj] = y0[tj]
-            y_row[2 * tj + 1] = y1[tj]
-        if W_out % 2:
-            y_row[W_out - 1] = y0[tW - 1]
+        for t in range(T):
+            y0[t] = tmp[t] + tmp[T + t] + tmp[2 * T + t] + b
+        for t in range(T):
+            y1[t] = tmp[T + t] - tmp[2 * T + t] - tmp[3 * T + t] + b
+        # ... to columns 2tj and 2tj + 1 of output row 2*ti + r
+        for k in range(T // tW):
+            h = 2 * (ti0 + k) + r
+            if h >= H_out:
+                break
+            y_row = y_o + h * W_out
+            for tj in range(W_out // 2):
+                y_row[2 * tj] = y0[k * tW + tj]
+                y_row[2 * tj + 1] = y1[k * tW + tj]
+            if W_out % 2:
+                y_row[W_out - 1] = y0[k * tW + tW - 1]
 
 
 cdef void grad_out_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
@@ -269,11 +272,11 @@ cdef enum:
 
 
 def workspace_size(Py_ssize_t C_in_g, Py_ssize_t C_out_g, Py_ssize_t W_out, Py_ssize_t tile_rows):
-    """Values of scratch one thread needs: V, M, a band's padded input rows, 6*tW more."""
+    """Values of scratch one thread needs: V, M, a band's padded input rows, 6*T more."""
     cdef Py_ssize_t tW = (W_out + 1) // 2
     cdef Py_ssize_t T = tile_rows * tW
     return (16 * (C_in_g * T + XI_PAD) + 16 * (C_out_g * T + XI_PAD)
-            + (2 * tile_rows + 2) * 2 * (tW + 1) + 6 * tW)
+            + (2 * tile_rows + 2) * 2 * (tW + 1) + 6 * T)
 
 
 def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
@@ -311,7 +314,7 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
         M_step = C_out_g * T + XI_PAD
         V = &work[threadid(), 0]
         M = V + 16 * V_step
-        rows = M + 16 * M_step         # the band's input rows, then 6 * tW of scratch
+        rows = M + 16 * M_step         # the band's input rows, then 6 * T of scratch
         tmp = rows + (2 * tile_rows + 2) * 2 * half
         # V[xi][c, t] for the band's tiles t = (ti - ti0)*tW + tj; tile row ti reads
         # rows 2*(ti - ti0) .. + 3 of the band
@@ -328,9 +331,8 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
                     &U[xi, g * C_out_g, 0], <int> C_in_g, M + xi * M_step, <int> T)
         for o in range(C_out_g):
             b = bias[g * C_out_g + o] if has_bias else 0
-            for ti in range(ti0, ti1):
-                output_transform(M + o * T + (ti - ti0) * tW, M_step, tW,
-                                 &y[n, g * C_out_g + o, 0, 0], H_out, W_out, ti, b, tmp)
+            output_transform(M + o * T, M_step, tW, T, &y[n, g * C_out_g + o, 0, 0], H_out,
+                             W_out, ti0, b, tmp)
 
 
 cdef inline void gemm_tn_acc(int m, int n, int k, const floating* a, int lda,
