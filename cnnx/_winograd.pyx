@@ -157,58 +157,80 @@ cdef void output_transform(const floating* M, Py_ssize_t xi_step, Py_ssize_t tW,
                 y_row[W_out - 1] = y0[k * tW + tW - 1]
 
 
-cdef void grad_out_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
-                             floating* tmp, floating* dM, Py_ssize_t xi_step) noexcept nogil:
-    """dM[xi*xi_step + tj] = (A dy A^T)[xi] for the tiles tj of one tile row (OUT dM), dy
-    the 2x2 block of grad_out in ``rows`` (two rows as load_rows lays them out);
-    ``tmp`` holds 2*tW values.
+cdef void load_grad_pairs(const floating* gy_o, Py_ssize_t H_out, Py_ssize_t W_out,
+                          Py_ssize_t ti0, Py_ssize_t T, Py_ssize_t tW,
+                          floating* pairs) noexcept nogil:
+    """The 2x2 blocks of grad_out plane ``gy_o`` for the T tiles of a band (OUT pairs):
+    pairs[(2*i + e)*T + t] = gy_o[2*ti + i, 2*tj + e], t = (ti - ti0)*tW + tj, 0 beyond
+    the plane -- four runs over the whole band, for grad_out_transform."""
+    cdef Py_ssize_t k, i, e, tj, h, lo, hi
+    cdef floating* dst
+    for k in range(T // tW):
+        for i in range(2):
+            h = 2 * (ti0 + k) + i
+            for e in range(2):
+                dst = pairs + (2 * i + e) * T + k * tW
+                if h >= H_out:
+                    memset(dst, 0, tW * sizeof(floating))
+                    continue
+                valid_range(e, 2, W_out, tW, &lo, &hi)
+                for tj in range(hi):
+                    dst[tj] = gy_o[h * W_out + e + 2 * tj]
+                for tj in range(hi, tW):
+                    dst[tj] = 0
+
+
+cdef void grad_out_transform(const floating* pairs, Py_ssize_t T, floating* tmp,
+                             floating* dM, Py_ssize_t xi_step) noexcept nogil:
+    """dM[xi*xi_step + t] = (A dy A^T)[xi] for the T tiles of a band (OUT dM), dy the 2x2
+    blocks in ``pairs`` (as load_grad_pairs lays them out); ``tmp`` holds 2*T values.
 
     The transpose of output_transform: A = [[1, 0], [1, 1], [1, -1], [0, -1]] turns
     a pair (p, q) into (p, p + q, p - q, -q), down the rows and then along them.
     """
-    cdef Py_ssize_t a, tj
-    cdef const floating* e0 = rows             # dy[0, 0] of each tile
-    cdef const floating* o0 = rows + half      # dy[0, 1]
-    cdef const floating* e1 = rows + 2 * half  # dy[1, 0]
-    cdef const floating* o1 = rows + 3 * half  # dy[1, 1]
+    cdef Py_ssize_t a, t
+    cdef const floating* e0 = pairs            # dy[0, 0] of each tile
+    cdef const floating* o0 = pairs + T        # dy[0, 1]
+    cdef const floating* e1 = pairs + 2 * T    # dy[1, 0]
+    cdef const floating* o1 = pairs + 3 * T    # dy[1, 1]
     cdef floating* p = tmp
-    cdef floating* q = tmp + tW
+    cdef floating* q = tmp + T
     cdef floating* row
     for a in range(4):
         # row a of A dy: (p, q)
         if a == 0:
-            for tj in range(tW):
-                p[tj] = e0[tj]
-            for tj in range(tW):
-                q[tj] = o0[tj]
+            for t in range(T):
+                p[t] = e0[t]
+            for t in range(T):
+                q[t] = o0[t]
         elif a == 1:
-            for tj in range(tW):
-                p[tj] = e0[tj] + e1[tj]
-            for tj in range(tW):
-                q[tj] = o0[tj] + o1[tj]
+            for t in range(T):
+                p[t] = e0[t] + e1[t]
+            for t in range(T):
+                q[t] = o0[t] + o1[t]
         elif a == 2:
-            for tj in range(tW):
-                p[tj] = e0[tj] - e1[tj]
-            for tj in range(tW):
-                q[tj] = o0[tj] - o1[tj]
+            for t in range(T):
+                p[t] = e0[t] - e1[t]
+            for t in range(T):
+                q[t] = o0[t] - o1[t]
         else:
-            for tj in range(tW):
-                p[tj] = -e1[tj]
-            for tj in range(tW):
-                q[tj] = -o1[tj]
+            for t in range(T):
+                p[t] = -e1[t]
+            for t in range(T):
+                q[t] = -o1[t]
         # ... times A^T (one loop per store stream, which the compiler vectorises)
         row = dM + 4 * a * xi_step
-        for tj in range(tW):
-            row[tj] = p[tj]
+        for t in range(T):
+            row[t] = p[t]
         row += xi_step
-        for tj in range(tW):
-            row[tj] = p[tj] + q[tj]
+        for t in range(T):
+            row[t] = p[t] + q[t]
         row += xi_step
-        for tj in range(tW):
-            row[tj] = p[tj] - q[tj]
+        for t in range(T):
+            row[t] = p[t] - q[t]
         row += xi_step
-        for tj in range(tW):
-            row[tj] = -q[tj]
+        for t in range(T):
+            row[t] = -q[t]
 
 
 def weight_grad_transform(const floating[:, :, ::1] dU,     # (16, C_out, C_in_g)
@@ -397,12 +419,10 @@ def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
             for ti in range(ti0, ti1):
                 input_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
                                 V + c * T + (ti - ti0) * tW, V_step)
-        for o in range(C_out_g):  # tile row ti's grad_out: rows 2*(ti - ti0), + 1 of the band
-            load_rows(&grad_out[n, g * C_out_g + o, 0, 0], H_out, W_out, 2 * ti0, 0, rows,
-                      half, 2 * (ti1 - ti0))
-            for ti in range(ti0, ti1):
-                grad_out_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
-                                   dM + o * T + (ti - ti0) * tW, M_step)
+        for o in range(C_out_g):  # (the rows buffer is free again: 4*T values of it)
+            load_grad_pairs(&grad_out[n, g * C_out_g + o, 0, 0], H_out, W_out, ti0, T, tW,
+                            rows)
+            grad_out_transform(rows, T, tmp, dM + o * T, M_step)
         # dU[xi] (C_out x C_in_g, row-major; group g's rows) += dM[xi] (C_out_g x T) @ V[xi]^T,
         # as column-major: dU^T (C_in_g x C_out_g) += V[xi]^T-as-stored^T @ dM[xi]
         for xi in range(16):
