@@ -334,7 +334,8 @@ def _winograd_weight_grad(grad_out, x, spec, work):
     with _blas_threads(1):
         _winograd.weight_grad(x, grad_out, acc, scratch, G, spec.pad_top, spec.pad_left,
                               tile_rows, n_threads)
-    dU = acc.sum(axis=0) if n_threads > 1 else acc[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        dU = acc.sum(axis=0) if n_threads > 1 else acc[0]
     grad_w = np.empty((C_out, C_in // G, 3, 3), dtype=x.dtype)
     _winograd.weight_grad_transform(dU.reshape(16, C_out, C_in // G), grad_w)
     return grad_w
@@ -420,7 +421,8 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         grad_out, x, weight, stride, padding, dilation, groups)
     _check_algorithm(algorithm, spec)
     grad_x = np.zeros(x.shape, dtype=x.dtype)
-    grad_b = grad_out.sum(axis=(0, 2, 3))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf = NaN, as the kernels
+        grad_b = grad_out.sum(axis=(0, 2, 3))
     if spec.N == 0:
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
@@ -445,7 +447,9 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             with _blas_threads(1 if n_threads > 1 else get_num_threads()):
                 _conv.backward_gemm(grad_out, x, weight, grad_x, acc, scratch, spec, samples,
                                     rows, n_threads, _gemm_gw_transposed(spec), wide)
-            grad_w = acc.sum(axis=0).reshape(weight.shape) if n_threads > 1 else acc.reshape(weight.shape)
+            with np.errstate(over="ignore", invalid="ignore"):
+                grad_w = acc.sum(axis=0) if n_threads > 1 else acc
+            grad_w = grad_w.reshape(weight.shape)
     return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
             _finish(grad_b, result))
 
