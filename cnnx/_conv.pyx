@@ -476,6 +476,20 @@ def forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] we
                                 bias[g * p.C_out_g + o] if has_bias else 0)
 
 
+cdef inline void grad_weight_gemm(const floating* gy, int ld_gy, const floating* x_mat,
+                                  int ld_x, Py_ssize_t ld, floating* gw, const Geom* p,
+                                  bint transposed) noexcept nogil:
+    """One tile's share of grad_weight (ld columns of grad_y and of im2col):
+    transposed, grad_w_g^T (K x C_out_g, row-major) += col (K x ld) @ grad_y^T;
+    else grad_w_g (C_out_g x K) += grad_y (C_out_g x ld) @ col^T."""
+    if transposed:
+        gemm(c"T", c"N", <int> p.C_out_g, <int> p.K, <int> ld,
+             1, gy, ld_gy, x_mat, ld_x, 1, gw, <int> p.C_out_g)
+    else:
+        gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
+             1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
+
+
 def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
                   const floating[:, :, :, ::1] weight,
                   floating[:, :, :, ::1] grad_x,  # OUT, zero-filled by the caller
@@ -564,12 +578,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                     ld_gy = <int> ld
                     x_mat = col
                     ld_x = <int> ld
-                    if gw_transposed:
-                        gemm(c"T", c"N", <int> p.C_out_g, <int> p.K, <int> ld,
-                             1, gy, ld_gy, x_mat, ld_x, 1, gw, <int> p.C_out_g)
-                    else:
-                        gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
-                             1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
+                    grad_weight_gemm(gy, ld_gy, x_mat, ld_x, ld, gw, &p, gw_transposed)
                     gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
                          1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
                     for s in range(n1 - n0):
@@ -598,14 +607,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                                     &p, oh0, oh1)
                     x_mat = col
                     ld_x = <int> ld
-                if gw_transposed:
-                    # grad_w_g^T (K x C_out_g, row-major) += col (K x ld) @ grad_y^T
-                    gemm(c"T", c"N", <int> p.C_out_g, <int> p.K, <int> ld,
-                         1, gy, ld_gy, x_mat, ld_x, 1, gw, <int> p.C_out_g)
-                else:
-                    # grad_w_g (C_out_g x K) += grad_y (C_out_g x ld) @ col^T
-                    gemm(c"T", c"N", <int> p.K, <int> p.C_out_g, <int> ld,
-                         1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
+                grad_weight_gemm(gy, ld_gy, x_mat, ld_x, ld, gw, &p, gw_transposed)
                 # grad_col (K x ld) = w_g^T (K x C_out_g) @ grad_y
                 if pointwise:
                     gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,

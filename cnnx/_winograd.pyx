@@ -114,6 +114,25 @@ cdef void input_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
             Va[tj] = tmp[half + tj] - tmp[half + tj + 1]
 
 
+cdef void band_input_transform(const floating* x_g, Py_ssize_t C_in_g, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t ti0, Py_ssize_t ti1, Py_ssize_t tW,
+                               Py_ssize_t pad_top, Py_ssize_t pad_left, floating* rows,
+                               floating* tmp, floating* V, Py_ssize_t xi_step) noexcept nogil:
+    """V[xi*xi_step + c*T + t] = (B^T d B)[xi] for the C_in_g channels of ``x_g`` (one
+    sample, one group) and the tiles t = (ti - ti0)*tW + tj of tile rows [ti0, ti1)
+    (OUT V); tile row ti reads rows 2*(ti - ti0) .. + 3 of the band, loaded into
+    ``rows`` once per channel."""
+    cdef Py_ssize_t half = tW + 1     # even (and odd) input columns a tile row reads
+    cdef Py_ssize_t T = (ti1 - ti0) * tW
+    cdef Py_ssize_t c, ti
+    for c in range(C_in_g):
+        load_rows(x_g + c * H * W, H, W, 2 * ti0 - pad_top, -pad_left, rows, half,
+                  2 * (ti1 - ti0) + 2)
+        for ti in range(ti0, ti1):
+            input_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
+                            V + c * T + (ti - ti0) * tW, xi_step)
+
+
 cdef void output_transform(const floating* M, Py_ssize_t xi_step, Py_ssize_t tW,
                            Py_ssize_t T, floating* y_o, Py_ssize_t H_out, Py_ssize_t W_out,
                            Py_ssize_t ti0, floating b, floating* tmp) noexcept nogil:
@@ -317,7 +336,7 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
     cdef Py_ssize_t n_bands = (tH + tile_rows - 1) // tile_rows
     cdef Py_ssize_t n_items = N * groups * n_bands
     cdef Py_ssize_t half = tW + 1     # even (and odd) input columns a tile row reads
-    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, ti, c, o, xi, V_step, M_step
+    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, o, xi, V_step, M_step
     cdef floating* V
     cdef floating* M
     cdef floating* rows
@@ -338,14 +357,8 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
         M = V + 16 * V_step
         rows = M + 16 * M_step         # the band's input rows, then 6 * T of scratch
         tmp = rows + (2 * tile_rows + 2) * 2 * half
-        # V[xi][c, t] for the band's tiles t = (ti - ti0)*tW + tj; tile row ti reads
-        # rows 2*(ti - ti0) .. + 3 of the band
-        for c in range(C_in_g):
-            load_rows(&x[n, g * C_in_g + c, 0, 0], H, W, 2 * ti0 - pad_top, -pad_left, rows,
-                      half, 2 * (ti1 - ti0) + 2)
-            for ti in range(ti0, ti1):
-                input_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
-                                V + c * T + (ti - ti0) * tW, V_step)
+        band_input_transform(&x[n, g * C_in_g, 0, 0], C_in_g, H, W, ti0, ti1, tW,
+                             pad_top, pad_left, rows, tmp, V, V_step)
         # M[xi] (C_out_g x T) = U[xi, group g] (C_out_g x C_in_g) @ V[xi] (C_in_g x T),
         # row-major; as column-major: M^T = V^T @ U^T
         for xi in range(16):
@@ -391,7 +404,7 @@ def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
     cdef Py_ssize_t n_bands = (tH + tile_rows - 1) // tile_rows
     cdef Py_ssize_t n_items = N * groups * n_bands
     cdef Py_ssize_t half = tW + 1
-    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, ti, c, o, xi, V_step, M_step
+    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, o, xi, V_step, M_step
     cdef floating* V
     cdef floating* dM
     cdef floating* rows
@@ -413,12 +426,8 @@ def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
         rows = dM + 16 * M_step
         tmp = rows + (2 * tile_rows + 2) * 2 * half
         dU = &dU_acc[threadid(), 0]
-        for c in range(C_in_g):  # as in forward
-            load_rows(&x[n, g * C_in_g + c, 0, 0], H, W, 2 * ti0 - pad_top, -pad_left, rows,
-                      half, 2 * (ti1 - ti0) + 2)
-            for ti in range(ti0, ti1):
-                input_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
-                                V + c * T + (ti - ti0) * tW, V_step)
+        band_input_transform(&x[n, g * C_in_g, 0, 0], C_in_g, H, W, ti0, ti1, tW,
+                             pad_top, pad_left, rows, tmp, V, V_step)
         for o in range(C_out_g):  # (the rows buffer is free again: 4*T values of it)
             load_grad_pairs(&grad_out[n, g * C_out_g + o, 0, 0], H_out, W_out, ti0, T, tW,
                             rows)

@@ -246,9 +246,7 @@ def _gemm_wide_backward(spec, weight):
     1.00-1.19 on the same cases (the extra GEMM columns cost more than the copies save).
     """
     return (weight.dtype == np.float32 and spec.stride_h == 1 and spec.stride_w == 1
-            and _gemm_wide(spec)
-            and (weight.size == 0 or (bool(np.isfinite(weight.min()))
-                                      and bool(np.isfinite(weight.max())))))
+            and _gemm_wide(spec) and _all_finite(weight))
 
 
 def _lane_use(m):
@@ -303,18 +301,23 @@ def _winograd_weights(weight):
     return U
 
 
-def _winograd_conv(x, U, b, has_bias, y, groups, pad_top, pad_left, work):
-    """y = 3x3 stride-1 conv of x (kernels transformed into U), tiles split over threads."""
-    N, C_in, _, _ = x.shape
-    _, C_out, H_out, W_out = y.shape
+def _winograd_plan(x, C_out, H_out, W_out, groups, work):
+    """(tile rows per band, threads, per-thread workspace) for a Winograd kernel whose
+    tiles cover an H_out x W_out output of C_out channels computed from ``x``."""
+    N, C_in = x.shape[:2]
     tH, tW = (H_out + 1) // 2, (W_out + 1) // 2
     tile_rows = max(1, min(tH, WINOGRAD_TILES // max(tW, 1)))
-    n_threads = _threads_for(work, N * groups * -(-tH // tile_rows))
-    size = _winograd.workspace_size(C_in // groups, C_out // groups, W_out, tile_rows)
     if 16 * max(C_in, C_out) * tile_rows * tW > BLAS_INT_MAX:
         raise ValueError(f"conv2d: x shape {x.shape} is too large for algorithm='winograd' "
                          f"(32-bit BLAS); use algorithm='gemm'")
-    scratch = np.empty((n_threads, size), dtype=x.dtype)
+    n_threads = _threads_for(work, N * groups * -(-tH // tile_rows))
+    size = _winograd.workspace_size(C_in // groups, C_out // groups, W_out, tile_rows)
+    return tile_rows, n_threads, np.empty((n_threads, size), dtype=x.dtype)
+
+
+def _winograd_conv(x, U, b, has_bias, y, groups, pad_top, pad_left, work):
+    """y = 3x3 stride-1 conv of x (kernels transformed into U), tiles split over threads."""
+    tile_rows, n_threads, scratch = _winograd_plan(x, *y.shape[1:], groups, work)
     with _blas_threads(1):
         _winograd.forward(x, U, b, has_bias, y, scratch, groups, pad_top, pad_left, tile_rows,
                           n_threads)
@@ -322,22 +325,16 @@ def _winograd_conv(x, U, b, has_bias, y, groups, pad_top, pad_left, work):
 
 def _winograd_weight_grad(grad_out, x, spec, work):
     """grad_weight of a 3x3 stride-1 conv in Winograd form (see _winograd.weight_grad)."""
-    N, C_in, _, _ = x.shape
-    _, C_out, H_out, W_out = grad_out.shape
-    G = spec.groups
-    tH, tW = (H_out + 1) // 2, (W_out + 1) // 2
-    tile_rows = max(1, min(tH, WINOGRAD_TILES // max(tW, 1)))
-    n_threads = _threads_for(work, N * G * -(-tH // tile_rows))
-    scratch = np.empty((n_threads, _winograd.workspace_size(C_in // G, C_out // G, W_out,
-                                                             tile_rows)), dtype=x.dtype)
-    acc = np.zeros((n_threads, 16 * C_out * (C_in // G)), dtype=x.dtype)
+    G, C_out, C_in_g = spec.groups, spec.C_out, spec.C_in // spec.groups
+    tile_rows, n_threads, scratch = _winograd_plan(x, *grad_out.shape[1:], G, work)
+    acc = np.zeros((n_threads, 16 * C_out * C_in_g), dtype=x.dtype)
     with _blas_threads(1):
         _winograd.weight_grad(x, grad_out, acc, scratch, G, spec.pad_top, spec.pad_left,
                               tile_rows, n_threads)
     with np.errstate(over="ignore", invalid="ignore"):
         dU = acc.sum(axis=0) if n_threads > 1 else acc[0]
-    grad_w = np.empty((C_out, C_in // G, 3, 3), dtype=x.dtype)
-    _winograd.weight_grad_transform(dU.reshape(16, C_out, C_in // G), grad_w)
+    grad_w = np.empty((C_out, C_in_g, 3, 3), dtype=x.dtype)
+    _winograd.weight_grad_transform(dU.reshape(16, C_out, C_in_g), grad_w)
     return grad_w
 
 

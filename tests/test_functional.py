@@ -327,6 +327,14 @@ def test_conv_gemm_wide_layout_vs_reference(monkeypatch, case, dtype):
                  err_msg="narrow: ")
 
 
+def _backward_truth(g, x, w, kwargs):
+    """conv2d_backward by the reference, or by 'direct' (checked against the reference
+    elsewhere) where the pure-Python loops would be too slow."""
+    if x.size < 5000:
+        return R.conv2d_backward(g, x, w, **kwargs)
+    return Fn.conv2d_backward(g, x, w, algorithm="direct", **kwargs)
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("case", sorted(WIDE_CASES))
 def test_conv_gemm_wide_backward_vs_reference(monkeypatch, case, transposed):
@@ -336,10 +344,7 @@ def test_conv_gemm_wide_backward_vs_reference(monkeypatch, case, transposed):
     rng = np.random.default_rng(13)
     x, w = H.normal(rng, cfg["x"], np.float32), H.normal(rng, cfg["w"], np.float32)
     g = H.normal(rng, R.conv2d(x, w, None, **cfg["kwargs"]).shape, np.float32)
-    if x.size < 5000:
-        expected = R.conv2d_backward(g, x, w, **cfg["kwargs"])
-    else:  # the pure-Python reference is too slow here; 'direct' is checked against it
-        expected = Fn.conv2d_backward(g, x, w, algorithm="direct", **cfg["kwargs"])
+    expected = _backward_truth(g, x, w, cfg["kwargs"])
     monkeypatch.setattr(Fn, "WIDE_MAX_RATIO", 1e9)
     monkeypatch.setattr(Fn, "WIDE_MAX_C_OUT", 1 << 30)
     monkeypatch.setattr(Fn, "_gemm_gw_transposed", lambda spec: transposed)
@@ -398,10 +403,7 @@ def test_conv_gemm_grad_weight_orientations_vs_reference(monkeypatch, case, dtyp
     rng = np.random.default_rng(12)
     x, w = H.normal(rng, cfg["x"], dtype), H.normal(rng, cfg["w"], dtype)
     g = H.normal(rng, R.conv2d(x, w, None, **cfg["kwargs"]).shape, dtype)
-    if x.size < 5000:
-        expected = R.conv2d_backward(g, x, w, **cfg["kwargs"])
-    else:  # the pure-Python reference is too slow here; 'direct' is checked against it
-        expected = Fn.conv2d_backward(g, x, w, algorithm="direct", **cfg["kwargs"])
+    expected = _backward_truth(g, x, w, cfg["kwargs"])
     monkeypatch.setattr(Fn, "_gemm_gw_transposed", lambda spec: transposed)
     for n in THREADS:
         with num_threads(n):
