@@ -6,9 +6,12 @@ Environment switches (all optional):
 * ``CNNX_DEBUG_BUILD=1``   Cython bounds/wraparound/initialisation checks on, -O1 -g;
                            ``CNNX_DEBUG_BUILD=asan`` adds AddressSanitizer as well
 * ``CNNX_ANNOTATE=1``      write Cython's annotated HTML next to each .pyx
+* ``CNNX_NO_AVX2=1``       skip the second, -mavx2 build of the pooling kernels (x86-64
+                           only; used at run time only on CPUs with AVX2)
 """
 
 import os
+import platform
 import sys
 import tempfile
 import textwrap
@@ -108,6 +111,19 @@ extensions = [
     )
     for name in ("_conv", "_winograd", "_pool", "_activations", "_build_info")
 ]
+
+# The pooling kernels once more, for AVX2 CPUs (picked at run time, see cnnx/_kernels.py):
+# gcc vectorises float64 max pooling only with AVX2.  gcc/clang on x86-64 only.
+if (platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
+        and not _env_flag("CNNX_NO_AVX2")):
+    extensions.append(Extension(
+        "cnnx._pool_avx2",
+        ["cnnx/_pool_avx2.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=list(macros),
+        extra_compile_args=list(opt_args) + ["-mavx2"],
+        extra_link_args=list(link_args),
+    ))
 
 directives = {
     "language_level": 3,

@@ -51,7 +51,7 @@ def info_dict():
     import numpy as np
     import scipy
 
-    from . import _build_info
+    from . import _build_info, _kernels
 
     blas = "unknown"
     try:
@@ -73,6 +73,7 @@ def info_dict():
         "scipy": scipy.__version__,
         "openmp": (f"yes (OpenMP {_build_info.OPENMP_VERSION})" if _build_info.OPENMP
                    else "no (kernels run on one thread)"),
+        "pooling kernels": f"{_kernels.POOL_VARIANT} (CNNX_NO_AVX2=1 forces the baseline)",
         "debug build": "yes (bounds checks on)" if _build_info.DEBUG_BUILD else "no",
         "blas": f"scipy.linalg.cython_blas -> {blas}",
         "threads": f"{get_num_threads()} (set_num_threads / CNNX_NUM_THREADS)",

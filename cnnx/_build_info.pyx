@@ -12,10 +12,19 @@ cdef extern from *:
     static int cnnx_omp_max_threads(void) { return 1; }
     static int cnnx_openmp_version(void) { return 0; }
     #endif
+    static int cnnx_cpu_has_avx2(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2");  /* checks the OS saves AVX state too */
+    #else
+        return 0;
+    #endif
+    }
     """
     int cnnx_openmp_enabled() noexcept nogil
     int cnnx_omp_max_threads() noexcept nogil
     int cnnx_openmp_version() noexcept nogil
+    int cnnx_cpu_has_avx2() noexcept nogil
     int CNNX_DEBUG
 
 
@@ -27,3 +36,9 @@ DEBUG_BUILD = bool(CNNX_DEBUG)
 def omp_max_threads():
     """OpenMP's default thread count (1 when built without OpenMP)."""
     return cnnx_omp_max_threads()
+
+
+def cpu_has_avx2():
+    """Whether this CPU (and OS) can run AVX2 code: decides whether cnnx uses the
+    kernels built with -mavx2 (``_pool_avx2``)."""
+    return bool(cnnx_cpu_has_avx2())

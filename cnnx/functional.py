@@ -20,7 +20,8 @@ from typing import Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _activations, _conv, _pool, _winograd
+from . import _activations, _conv, _winograd
+from ._kernels import pool as _pool  # the AVX2 build of _pool.pyx when the CPU has it
 from ._config import get_num_threads, set_num_threads
 from ._shapes import (
     BLAS_INT_MAX,

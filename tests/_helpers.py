@@ -69,8 +69,9 @@ def conv_configs(draw, allow_empty_batch=True):
 
 
 @st.composite
-def pool_configs(draw, kind="max", allow_empty_batch=True):
-    """Shape + keyword arguments of a valid max_pool2d / avg_pool2d call."""
+def pool_configs(draw, kind="max", allow_empty_batch=True, max_w=MAX_HW):
+    """Shape + keyword arguments of a valid max_pool2d / avg_pool2d call (width up to
+    ``max_w``: wide rows reach the kernels' vectorised loops)."""
     C = draw(st.integers(1, 3))
     KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     ph, pw = draw(st.integers(0, KH // 2)), draw(st.integers(0, KW // 2))
@@ -84,7 +85,7 @@ def pool_configs(draw, kind="max", allow_empty_batch=True):
     H_min = max(1, dil[0] * (KH - 1) + 1 - 2 * ph)
     W_min = max(1, dil[1] * (KW - 1) + 1 - 2 * pw)
     H = draw(st.integers(H_min, MAX_HW))
-    W = draw(st.integers(W_min, MAX_HW))
+    W = draw(st.integers(W_min, max(W_min, max_w)))
     assert pool_output_size(H, KH, sh, ph, dil[0], ceil_mode) > 0
     unbatched = draw(st.booleans())
     N = 1 if unbatched else draw(st.integers(0 if allow_empty_batch else 1, 2))

@@ -1,0 +1,122 @@
+"""The two builds of the pooling kernels (``_pool``, and ``_pool_avx2`` = the same source
+compiled with -mavx2, used on AVX2 CPUs) give bit-for-bit the same results, both equal to
+the reference; and which build runs is chosen as documented (cnnx/_kernels.py).
+
+The rest of the suite runs whichever build this machine picks; here both run, on rows
+wide enough (up to 40 outputs) to go through the vectorised loops and their remainders.
+"""
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+import _helpers as H
+import cnnx
+from cnnx import _build_info, _kernels, _pool
+from cnnx import functional as Fn
+from cnnx import reference as R
+from cnnx.testing import assert_close
+
+try:
+    HAS_AVX2 = _build_info.cpu_has_avx2()
+    if HAS_AVX2:
+        from cnnx import _pool_avx2
+except ImportError:  # built with CNNX_NO_AVX2 or not on x86-64
+    HAS_AVX2 = False
+
+VARIANTS = [_pool] + ([_pool_avx2] if HAS_AVX2 else [])
+DTYPES = st.sampled_from([np.float32, np.float64])
+WIDE = 44
+
+
+@contextmanager
+def kernels(module, threads):
+    previous_module, Fn._pool = Fn._pool, module
+    previous_threads = cnnx.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        Fn._pool = previous_module
+        cnnx.set_num_threads(previous_threads)
+
+
+def run_all(fn, *args, **kwargs):
+    """fn's results with each build at 1 and 2 threads: {(module name, threads): results}."""
+    out = {}
+    for module in VARIANTS:
+        for threads in (1, 2):
+            with kernels(module, threads):
+                res = fn(*args, **kwargs)
+            out[module.__name__, threads] = res if isinstance(res, tuple) else (res,)
+    return out
+
+
+def assert_all_equal(results, err_msg=""):
+    (first_key, first), *rest = results.items()
+    for key, res in rest:
+        for a, b in zip(first, res):
+            assert a.dtype == b.dtype
+            assert_array_equal(a, b, err_msg=f"{err_msg}: {key} vs {first_key}")
+
+
+def test_the_documented_build_runs():
+    expected = _pool_avx2 if HAS_AVX2 and not os.environ.get("CNNX_NO_AVX2") else _pool
+    assert Fn._pool is expected
+    assert _kernels.POOL_VARIANT.startswith("avx2" if expected is not _pool else "baseline")
+    assert "pooling kernels" in cnnx.info_dict()
+
+
+def test_cnnx_no_avx2_forces_the_baseline():
+    env = dict(os.environ, CNNX_NO_AVX2="1")
+    code = ("import cnnx.functional as F, cnnx._pool as P, cnnx._kernels as K; "
+            "print(F._pool is P, K.POOL_VARIANT)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("True baseline"), out
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="this CPU or build has no AVX2 variant")
+def test_the_avx2_build_is_a_separate_module():
+    assert _pool_avx2 is not _pool
+    assert _pool_avx2.max_pool_forward is not _pool.max_pool_forward
+
+
+@given(cfg=H.pool_configs("max", max_w=WIDE), dtype=DTYPES, data=st.sampled_from(["normal", "ties",
+                                                                                  "specials"]))
+def test_max_pool_builds_agree(cfg, dtype, data):
+    rng = np.random.default_rng(cfg["seed"])
+    make = {"normal": H.normal, "ties": H.with_ties, "specials": H.with_specials}[data]
+    x = make(rng, cfg["x_shape"], dtype)
+    x_before = x.copy()
+    results = run_all(Fn.max_pool2d, x, **cfg["kwargs"])
+    assert_all_equal(results, "max_pool2d")
+    y_ref, idx_ref = R.max_pool2d(x, **cfg["kwargs"])
+    y, idx = next(iter(results.values()))
+    assert_array_equal(y, y_ref)
+    assert_array_equal(idx, idx_ref)
+    g = H.normal(rng, idx.shape, dtype)
+    grads = run_all(Fn.max_pool2d_backward, g, idx, x.shape)
+    assert_all_equal(grads, "max_pool2d_backward")
+    assert_close(next(iter(grads.values()))[0], R.max_pool2d_backward(g, idx, x.shape))
+    assert_array_equal(x, x_before)
+
+
+@given(cfg=H.pool_configs("avg", max_w=WIDE), dtype=DTYPES)
+def test_avg_pool_builds_agree(cfg, dtype):
+    rng = np.random.default_rng(cfg["seed"])
+    x = H.normal(rng, cfg["x_shape"], dtype)
+    results = run_all(Fn.avg_pool2d, x, **cfg["kwargs"])
+    assert_all_equal(results, "avg_pool2d")
+    assert_close(next(iter(results.values()))[0], R.avg_pool2d(x, **cfg["kwargs"]))
+    g = H.normal(rng, next(iter(results.values()))[0].shape, dtype)
+    grads = run_all(Fn.avg_pool2d_backward, g, x.shape, **cfg["kwargs"])
+    assert_all_equal(grads, "avg_pool2d_backward")
+    assert_close(next(iter(grads.values()))[0],
+                 R.avg_pool2d_backward(g, x.shape, **cfg["kwargs"]))
