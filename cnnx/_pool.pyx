@@ -161,6 +161,7 @@ cdef inline bint whole_row_range(const PoolGeom* g, const Py_ssize_t* taps, Py_s
 # ---------------------------------------------------------------------------
 cdef enum:
     CHUNK = 256  # outputs of one row whose running maxima are kept in local arrays
+    LANES = 16   # phased sweeps run to a multiple of this many outputs (a divisor of CHUNK)
 
 
 cdef inline void max_sweep(const floating* x_tap, code_t cand, floating* best, code_t* code,
@@ -175,6 +176,34 @@ cdef inline void max_sweep(const floating* x_tap, code_t cand, floating* best, c
             max_update(x_tap[j * S + v], <code_t> (cand + v), &best[j], &code[j])
 
 
+cdef inline void load_phase(const floating* x_row, Py_ssize_t W, Py_ssize_t start, Py_ssize_t S,
+                            Py_ssize_t n, floating* phase) noexcept nogil:
+    """phase[j] = x_row[start + j*S] for j < n, and -inf (padding) where that column
+    lies outside [0, W): the only reads of x_row are inside it."""
+    cdef Py_ssize_t j, lo, hi
+    valid_range(start, S, W, n, &lo, &hi)
+    for j in range(lo):
+        phase[j] = -INFINITY
+    for j in range(lo, hi):
+        phase[j] = x_row[start + j * S]
+    for j in range(hi, n):
+        phase[j] = -INFINITY
+
+
+cdef inline void max_sweep_phased(const floating* phase0, const floating* phase1, code_t cand,
+                                  floating* best, code_t* code, Py_ssize_t n_out,
+                                  Py_ssize_t S, Py_ssize_t K) noexcept nogil:
+    """Outputs j < n_out take in their window row's taps v < K in order (codes
+    ``cand + v``); tap v of output j is ``phase[v % S][j + v // S]`` (see
+    max_pool_row).  Called with constant S and K, so the taps unroll and the loop
+    over j vectorises with contiguous loads."""
+    cdef Py_ssize_t j, v
+    for j in range(n_out):
+        for v in range(K):
+            max_update((phase0 if v % S == 0 else phase1)[j + v // S], <code_t> (cand + v),
+                       &best[j], &code[j])
+
+
 cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
                        const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col,
                        const Py_ssize_t* taps, code_t code_kind) noexcept nogil:
@@ -187,8 +216,16 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
     sweep makes neighbouring outputs independent, so the compiler vectorises
     it (``max_update`` is branch-free).
 
-    Common shapes sweep the outputs whose whole window row lies inside the
-    input once per window row, all its taps at once (``whole_row_range``).
+    The common shapes (window width 2 or 3, stride 1 or 2, no dilation) sweep each
+    window row once, all its taps at once: straight from x when every window of the
+    chunk lies inside the input columns (``whole_row_range``), else from a copy of
+    the window row in S "phases" padded with -inf: phase p holds the columns
+    off + p + m*S (m = 0, 1, ...), so tap v of output j is phase[v % S][j + v // S].
+    Every output then takes in the whole window row in one sweep, border outputs
+    included (padding never wins: it is -inf and a tap must be greater), and the
+    sweep runs to a multiple of LANES outputs, so no scalar remainder loop is left.
+    Other shapes sweep tap by tap over the outputs whose window the tap falls in
+    (the tap table).
 
     Output j0 + j of a chunk keeps ``code[j] = index - j*stride_w``: one tap
     gives every output of its sweep the same code, a number that fits
@@ -196,51 +233,76 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
     """
     cdef Py_ssize_t h0 = i * g.stride_h - g.pad_h
     cdef Py_ssize_t S = g.stride_w, K = g.KW
-    cdef Py_ssize_t u_lo, u_hi, u, t, j, j0, jn, j_lo, j_hi, a, b, ih, off
-    cdef bint fused, border
+    cdef Py_ssize_t u_lo, u_hi, u, t, j, j0, jn, jr, j_lo, j_hi, a, b, ih, off
+    cdef bint common = g.dilation_w == 1 and (K == 2 or K == 3) and (S == 1 or S == 2)
+    cdef bint inside, phased, border
     cdef floating best[CHUNK]
     cdef code_t code[CHUNK]
+    cdef floating phase0[CHUNK + 2]
+    cdef floating phase1[CHUNK + 2]
     cdef code_t cand
     cdef const floating* x_row
     valid_range(h0, g.dilation_h, g.H, g.KH, &u_lo, &u_hi)
     j0 = 0
     while j0 < g.W_out:
         jn = min(<Py_ssize_t> CHUNK, g.W_out - j0)
-        fused = whole_row_range(g, taps, g.dilation_w, j0, jn, &a, &b, &border)
+        # every window row of the chunk inside the input: sweep x_row itself
+        inside = (whole_row_range(g, taps, g.dilation_w, j0, jn, &a, &b, &border)
+                  and a == 0 and b == jn)
+        phased = common and not inside
+        jr = (jn + LANES - 1) // LANES * LANES if phased else jn  # <= CHUNK
         ih = h0 + u_lo * g.dilation_h
         for j in range(jn):
             best[j] = -INFINITY
             code[j] = <code_t> (ih * g.W + first_col[j0 + j] - j * S)
+        for j in range(jn, jr):  # lanes past the row: computed, never stored
+            best[j] = -INFINITY
+            code[j] = 0
         for u in range(u_lo, u_hi):
             ih = h0 + u * g.dilation_h
             x_row = x_plane + ih * g.W
-            # output j's tap v is x_row[j*S + off], index ih*W + j*S + off, for
-            # off = v*dilation_w - pad_w + j0*S
+            # tap v of output j: column off + j*S + v, index ih*W + that
             off = -g.pad_w + j0 * S
             cand = <code_t> (ih * g.W + off)
-            if fused and b > a:
+            if inside:
                 if K == 2 and S == 2:
-                    max_sweep(x_row + off, cand, best, code, a, b, 2, 2)
+                    max_sweep(x_row + off, cand, best, code, 0, jn, 2, 2)
                 elif K == 3 and S == 2:
-                    max_sweep(x_row + off, cand, best, code, a, b, 2, 3)
+                    max_sweep(x_row + off, cand, best, code, 0, jn, 2, 3)
                 elif K == 2:
-                    max_sweep(x_row + off, cand, best, code, a, b, 1, 2)
+                    max_sweep(x_row + off, cand, best, code, 0, jn, 1, 2)
                 else:
-                    max_sweep(x_row + off, cand, best, code, a, b, 1, 3)
-            for t in range(g.n_taps if border else 0):
+                    max_sweep(x_row + off, cand, best, code, 0, jn, 1, 3)
+                continue
+            if phased:
+                # phase p: the jr + (K - 1 - p) // S columns its taps read (constant S
+                # at each call: the copies vectorise)
+                if S == 1:
+                    load_phase(x_row, g.W, off, 1, jr + K - 1, phase0)
+                else:
+                    load_phase(x_row, g.W, off, 2, jr + (K - 1) // 2, phase0)
+                    load_phase(x_row, g.W, off + 1, 2, jr + (K - 2) // 2, phase1)
+                if S == 1 and K == 2:
+                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 1, 2)
+                elif S == 1:
+                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 1, 3)
+                elif K == 2:
+                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 2, 2)
+                else:
+                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 2, 3)
+                continue
+            for t in range(g.n_taps):
+                # output j's tap is x_row[j*S + off], index ih*W + j*S + off, for
+                # off = v*dilation_w - pad_w + j0*S
                 off = taps[3 * t] * g.dilation_w - g.pad_w + j0 * S
                 cand = <code_t> (ih * g.W + off)
                 chunk_range(taps, t, j0, jn, &j_lo, &j_hi)
-                # [j_lo, j_hi) without [a, b): two pieces
                 if S == 1:
-                    max_sweep(x_row + off, cand, best, code, j_lo, min(a, j_hi), 1, 1)
-                    max_sweep(x_row + off, cand, best, code, max(b, j_lo), j_hi, 1, 1)
+                    max_sweep(x_row + off, cand, best, code, j_lo, j_hi, 1, 1)
                 elif S == 2:
-                    max_sweep(x_row + off, cand, best, code, j_lo, min(a, j_hi), 2, 1)
-                    max_sweep(x_row + off, cand, best, code, max(b, j_lo), j_hi, 2, 1)
+                    max_sweep(x_row + off, cand, best, code, j_lo, j_hi, 2, 1)
                 else:
-                    max_sweep(x_row + off, cand, best, code, j_lo, min(a, j_hi), S, 1)
-                    max_sweep(x_row + off, cand, best, code, max(b, j_lo), j_hi, S, 1)
+                    max_sweep(x_row + off, cand, best, code, j_lo, j_hi, S, 1)
         for j in range(jn):
             y_row[j0 + j] = best[j]
             idx_row[j0 + j] = code[j] + j * S
