@@ -25,3 +25,35 @@ cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t step, Py_ssize_t size
         b = a
     lo[0] = a
     hi[0] = b
+
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define cnnx_prefetch(p) __builtin_prefetch((const void *)(p), 0, 3)
+    #else
+    #define cnnx_prefetch(p) ((void)(p))
+    #endif
+    """
+    # a hint to fetch the cache line holding *p (never faults; callers keep p inside
+    # the array all the same)
+    void cnnx_prefetch(const void* p) noexcept nogil
+
+
+cdef inline void prefetch_range(const void* start, Py_ssize_t n_bytes) noexcept nogil:
+    """Prefetch the cache lines of [start, start + n_bytes): for short runs that the
+    hardware prefetchers would not see coming."""
+    cdef Py_ssize_t k
+    if n_bytes <= 0:
+        return
+    for k in range(0, n_bytes, 64):
+        cnnx_prefetch(<const char*> start + k)
+    cnnx_prefetch(<const char*> start + n_bytes - 1)
+
+
+cdef inline void prefetch_rows(const void* plane, Py_ssize_t itemsize, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t h0, Py_ssize_t n_rows) noexcept nogil:
+    """Prefetch rows h0 .. h0+n_rows-1 of an H x W plane (those inside [0, H))."""
+    cdef Py_ssize_t h_lo = max(h0, 0), h_hi = min(h0 + n_rows, H)
+    if h_hi > h_lo:
+        prefetch_range(<const char*> plane + h_lo * W * itemsize, (h_hi - h_lo) * W * itemsize)

@@ -33,7 +33,7 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
-from cnnx._kernel_utils cimport valid_range
+from cnnx._kernel_utils cimport prefetch_rows, valid_range
 
 
 cdef inline void gemm_nn(int m, int n, int k, const floating* a, int lda,
@@ -74,50 +74,51 @@ cdef void load_rows(const floating* x_c, Py_ssize_t H, Py_ssize_t W, Py_ssize_t 
                 dst[k] = 0
 
 
-cdef void input_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
-                          floating* tmp, floating* V, Py_ssize_t xi_step) noexcept nogil:
+cdef inline void input_transform_row(const floating* P, const floating* Q, floating sign,
+                                     Py_ssize_t half, Py_ssize_t tW, floating* Va,
+                                     Py_ssize_t xi_step) noexcept nogil:
+    """Row a of B^T d B for the tiles of a tile row, where row a of B^T d is t = P + sign*Q
+    (two rows of the patch, even columns at [k], odd at [half + k]): columns 2tj..2tj+3
+    of t are te[tj], to[tj], te[tj + 1], to[tj + 1] and
+    (t B)[0..3] = te[tj] - te[tj+1], to[tj] + te[tj+1], te[tj+1] - to[tj], to[tj] - to[tj+1].
+    t is recomputed where it is needed rather than stored and read back (reading it
+    one element on from where it was just stored stalls on store forwarding); one loop
+    per output row: a single store stream each, which the compiler vectorises."""
+    cdef Py_ssize_t tj
+    cdef const floating* Po = P + half
+    cdef const floating* Qo = Q + half
+    for tj in range(tW):
+        Va[tj] = (P[tj] + sign * Q[tj]) - (P[tj + 1] + sign * Q[tj + 1])
+    Va += xi_step
+    for tj in range(tW):
+        Va[tj] = (Po[tj] + sign * Qo[tj]) + (P[tj + 1] + sign * Q[tj + 1])
+    Va += xi_step
+    for tj in range(tW):
+        Va[tj] = (P[tj + 1] + sign * Q[tj + 1]) - (Po[tj] + sign * Qo[tj])
+    Va += xi_step
+    for tj in range(tW):
+        Va[tj] = (Po[tj] + sign * Qo[tj]) - (Po[tj + 1] + sign * Qo[tj + 1])
+
+
+cdef inline void input_transform(const floating* rows, Py_ssize_t half, Py_ssize_t tW,
+                                 floating* V, Py_ssize_t xi_step) noexcept nogil:
     """V[xi*xi_step + tj] = (B^T d B)[xi] for the tiles tj of one tile row (OUT V), d the
-    4x4 patch of ``rows`` (as load_rows lays them out); ``tmp`` holds 2*half values."""
-    cdef Py_ssize_t a, k, tj
+    4x4 patch of ``rows`` (as load_rows lays them out: patch row r at rows + 2*r*half).
+    Rows of B^T d: d0 - d2, d1 + d2, d2 - d1, d1 - d3."""
     cdef const floating* d0 = rows
     cdef const floating* d1 = rows + 2 * half
     cdef const floating* d2 = rows + 4 * half
     cdef const floating* d3 = rows + 6 * half
-    cdef floating* Va
-    for a in range(4):
-        # row a of B^T d, even and odd columns in one run
-        if a == 0:
-            for k in range(2 * half):
-                tmp[k] = d0[k] - d2[k]
-        elif a == 1:
-            for k in range(2 * half):
-                tmp[k] = d1[k] + d2[k]
-        elif a == 2:
-            for k in range(2 * half):
-                tmp[k] = d2[k] - d1[k]
-        else:
-            for k in range(2 * half):
-                tmp[k] = d1[k] - d3[k]
-        # (B^T d B)[a, 0..3] from columns 2tj..2tj+3 = even[tj], odd[tj], even[tj+1], odd[tj+1]
-        # (one loop per output row: a single store stream each, which the compiler vectorises)
-        Va = V + 4 * a * xi_step
-        for tj in range(tW):
-            Va[tj] = tmp[tj] - tmp[tj + 1]
-        Va += xi_step
-        for tj in range(tW):
-            Va[tj] = tmp[half + tj] + tmp[tj + 1]
-        Va += xi_step
-        for tj in range(tW):
-            Va[tj] = tmp[tj + 1] - tmp[half + tj]
-        Va += xi_step
-        for tj in range(tW):
-            Va[tj] = tmp[half + tj] - tmp[half + tj + 1]
+    input_transform_row(d0, d2, -1, half, tW, V, xi_step)
+    input_transform_row(d1, d2, 1, half, tW, V + 4 * xi_step, xi_step)
+    input_transform_row(d2, d1, -1, half, tW, V + 8 * xi_step, xi_step)
+    input_transform_row(d1, d3, -1, half, tW, V + 12 * xi_step, xi_step)
 
 
 cdef void band_input_transform(const floating* x_g, Py_ssize_t C_in_g, Py_ssize_t H,
                                Py_ssize_t W, Py_ssize_t ti0, Py_ssize_t ti1, Py_ssize_t tW,
                                Py_ssize_t pad_top, Py_ssize_t pad_left, floating* rows,
-                               floating* tmp, floating* V, Py_ssize_t xi_step) noexcept nogil:
+                               floating* V, Py_ssize_t xi_step) noexcept nogil:
     """V[xi*xi_step + c*T + t] = (B^T d B)[xi] for the C_in_g channels of ``x_g`` (one
     sample, one group) and the tiles t = (ti - ti0)*tW + tj of tile rows [ti0, ti1)
     (OUT V); tile row ti reads rows 2*(ti - ti0) .. + 3 of the band, loaded into
@@ -125,11 +126,14 @@ cdef void band_input_transform(const floating* x_g, Py_ssize_t C_in_g, Py_ssize_
     cdef Py_ssize_t half = tW + 1     # even (and odd) input columns a tile row reads
     cdef Py_ssize_t T = (ti1 - ti0) * tW
     cdef Py_ssize_t c, ti
+    cdef Py_ssize_t n_rows = 2 * (ti1 - ti0) + 2
     for c in range(C_in_g):
-        load_rows(x_g + c * H * W, H, W, 2 * ti0 - pad_top, -pad_left, rows, half,
-                  2 * (ti1 - ti0) + 2)
+        if c + 1 < C_in_g:  # the next channel's rows: a short run in another plane
+            prefetch_rows(x_g + (c + 1) * H * W, sizeof(floating), H, W, 2 * ti0 - pad_top,
+                          n_rows)
+        load_rows(x_g + c * H * W, H, W, 2 * ti0 - pad_top, -pad_left, rows, half, n_rows)
         for ti in range(ti0, ti1):
-            input_transform(rows + 4 * (ti - ti0) * half, half, tW, tmp,
+            input_transform(rows + 4 * (ti - ti0) * half, half, tW,
                             V + c * T + (ti - ti0) * tW, xi_step)
 
 
@@ -358,7 +362,7 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
         rows = M + 16 * M_step         # the band's input rows, then 6 * T of scratch
         tmp = rows + (2 * tile_rows + 2) * 2 * half
         band_input_transform(&x[n, g * C_in_g, 0, 0], C_in_g, H, W, ti0, ti1, tW,
-                             pad_top, pad_left, rows, tmp, V, V_step)
+                             pad_top, pad_left, rows, V, V_step)
         # M[xi] (C_out_g x T) = U[xi, group g] (C_out_g x C_in_g) @ V[xi] (C_in_g x T),
         # row-major; as column-major: M^T = V^T @ U^T
         for xi in range(16):
@@ -427,8 +431,11 @@ def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
         tmp = rows + (2 * tile_rows + 2) * 2 * half
         dU = &dU_acc[threadid(), 0]
         band_input_transform(&x[n, g * C_in_g, 0, 0], C_in_g, H, W, ti0, ti1, tW,
-                             pad_top, pad_left, rows, tmp, V, V_step)
+                             pad_top, pad_left, rows, V, V_step)
         for o in range(C_out_g):  # (the rows buffer is free again: 4*T values of it)
+            if o + 1 < C_out_g:
+                prefetch_rows(&grad_out[n, g * C_out_g + o + 1, 0, 0], sizeof(floating),
+                              H_out, W_out, 2 * ti0, 2 * (ti1 - ti0))
             load_grad_pairs(&grad_out[n, g * C_out_g + o, 0, 0], H_out, W_out, ti0, T, tW,
                             rows)
             grad_out_transform(rows, T, tmp, dM + o * T, M_step)
