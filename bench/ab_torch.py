@@ -4,7 +4,9 @@ call by call (the order flips every round), in one process at the same thread co
     python bench/ab_torch.py [--threads 1] [--rounds 15] [--case conv_cifar]
 
 A cross-check of ``bench/run_bench.py`` for a single case, with every individual time
-printed: PyTorch's time for the same call varies between processes on this machine.
+printed.  Like ``cnnx bench`` it first tells glibc's malloc to keep freed memory in the
+process (``--malloc system`` leaves it alone): without that, each library's fresh arrays
+page-fault in again after the other one ran (cnnx.benchmark.steady_malloc).
 """
 
 import argparse
@@ -16,6 +18,7 @@ import numpy as np
 
 import cnnx
 from cnnx import functional as F
+from cnnx.benchmark import MALLOC_CHOICES, steady_malloc
 
 CASES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "bench_cases.json"
 BUILTIN = {"conv_cifar": {"x": [64, 32, 32, 32], "out": 64, "k": 3, "p": 1},
@@ -27,7 +30,10 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--case", default="conv_cifar")
+    ap.add_argument("--malloc", choices=MALLOC_CHOICES, default="steady")
     args = ap.parse_args()
+    if args.malloc == "steady":
+        print("memory:", steady_malloc()[1])
     import torch
 
     cases = dict(BUILTIN)

@@ -37,6 +37,10 @@ OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE environment variables.  OPENBLAS_CORETYPE f
 one OpenBLAS kernel whatever the CPU; the harness never sets or unsets either -- to time
 the kernel OpenBLAS would pick itself, unset both in that one command:
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run_bench.py ...``.
+
+Memory: by default (``--malloc steady``) glibc's malloc is told to keep freed memory in
+the process (:func:`steady_malloc`), so that no peer's timing includes page faults
+caused by the peer that ran before it (``--malloc system`` leaves malloc alone).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ F64_ATOL = 1e-10
 TOLERANCES = {"float32": (F32_RTOL, F32_ATOL), "float64": (F64_RTOL, F64_ATOL)}
 # the OpenBLAS environment variables the report shows (never set or unset here)
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+MALLOC_CHOICES = ("steady", "system")
 
 
 # ---------------------------------------------------------------------------
@@ -823,6 +828,34 @@ def format_blas(info, indent="  "):
     return lines
 
 
+def steady_malloc():
+    """Keep freed memory in this process (glibc's malloc only): returns (mode, description),
+    mode "steady", or None when malloc was left as it is (description: why).
+
+    glibc hands big blocks back to the OS when they are freed (munmap, or trimming the
+    heap top) and its thresholds for that move with the process's history; the next
+    array of that size then page-faults in again, 4 KiB at a time.  In one process with
+    two libraries, whichever runs after the other pays for it, by turns: measured on this
+    project's machine, cnnx's 2-thread conv_cifar forward 6 -> 24 ms right after a
+    PyTorch call, PyTorch's 1-thread one 12 -> 27 ms (its output re-faulted).  Fixed
+    thresholds (the largest mmap threshold glibc accepts, 32 MiB, and a 1 GiB trim
+    threshold) make every peer reuse its freed arrays, so the timings are the kernels'
+    and not the page-fault handler's -- the same remedy as PyTorch's CPU tuning guide's
+    jemalloc/tcmalloc.  Arrays above 32 MiB are still mapped fresh for every peer."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None, "system malloc (no mallopt here: not glibc)"
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30):
+        return "steady", ("glibc malloc keeps freed memory (mallopt: mmap threshold 32 MiB, "
+                          "trim threshold 1 GiB; --malloc system: glibc's defaults)")
+    return None, "system malloc (mallopt refused the thresholds)"
+
+
 def _safe(fn):
     try:
         return fn()
@@ -973,6 +1006,10 @@ def add_arguments(p):
     p.add_argument("--png", metavar="PATH", default=None,
                    help="bar chart of ratios vs PyTorch (default: next to --json, .png)")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
+    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="steady",
+                   help="steady (default): glibc keeps freed arrays in the process, so no "
+                        "peer pays page faults for the one that ran before it; system: "
+                        "leave malloc as it is")
     return p
 
 
@@ -1026,6 +1063,9 @@ def run(args):
         _log(f"cnnx bench: {exc}")
         return 2
 
+    malloc = (None, "system malloc (--malloc system)")
+    if args.malloc == "steady":
+        malloc = steady_malloc()
     peers, notes = load_peers(args.peers)
     for note in notes:
         _log(note)
@@ -1059,6 +1099,7 @@ def run(args):
     derive(out["results"], baselines, cases, args.dtype)
     out["geomean"] = geomeans(out["results"])
     out["environment"] = environment(peers, args.threads)
+    out["environment"]["malloc"] = {"mode": malloc[0] or "system", "how": malloc[1]}
     out["elapsed_s"] = time.perf_counter() - t_start
 
     print(report_text(out, peer_order))
@@ -1101,6 +1142,9 @@ def report_text(out, peer_order):
         lines.append("BLAS:")
     if blas:
         lines += format_blas(blas)
+    malloc = (out.get("environment") or {}).get("malloc")
+    if malloc:
+        lines.append(f"  memory: {malloc['how']}")
     if b or blas:
         lines.append("")
     if out["results"]:

@@ -5,6 +5,9 @@ Speed is never asserted here; every case is tiny.
 
 import json
 import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +31,16 @@ PEER_CASES = [bm.normalise_case(c) for c in bm.TINY_CASES + [
     {"name": "avg_tiled", "op": "avgpool", "x": [2, 2, 6, 6], "k": 3},
 ]]
 IDS = [c["name"] for c in PEER_CASES]
+
+
+@pytest.fixture(autouse=True)
+def mallopt_calls(monkeypatch):
+    """``cnnx bench`` retunes glibc's malloc for its whole process: never in the test
+    process (other tests measure memory); test_steady_malloc_subprocess runs the real one."""
+    calls = []
+    monkeypatch.setattr(bm, "steady_malloc",
+                        lambda: calls.append(1) or ("steady", "(stub of the test suite)"))
+    return calls
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +172,30 @@ def test_cli_quick_writes_json(tmp_path, capsys):
     assert "cnnx" in report["environment"]
     assert report["dtype"] == "float32" and report["settings"]["dtype"] == "float32"
     assert "dtype: float32" in text and "sgemm 512^3" in text
+    assert report["environment"]["malloc"] == {"mode": "steady",
+                                               "how": "(stub of the test suite)"}
+    assert "memory: (stub of the test suite)" in text
     _check_blas_report(report, text)
+
+
+def test_cli_malloc_system_leaves_malloc_alone(tmp_path, mallopt_calls):
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--quick", "--peers", "cnnx", "--only", "tiny_conv", "--repeat",
+                     "1", "--no-baselines", "--malloc", "system", "--json", str(out),
+                     "--no-plot"]) == 0
+    assert not mallopt_calls
+    assert json.loads(out.read_text())["environment"]["malloc"]["mode"] == "system"
+
+
+def test_steady_malloc_subprocess(tmp_path):
+    """The real mallopt call, in a process of its own."""
+    code = ("import json, cnnx.benchmark as bm; print(json.dumps(bm.steady_malloc()))")
+    mode, how = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                          text=True, check=True).stdout)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert mode == "steady" and "mmap threshold 32 MiB" in how
+    else:
+        assert mode is None and how.startswith("system malloc")
 
 
 def _check_blas_report(report, text):
