@@ -162,6 +162,11 @@ cdef inline bint whole_row_range(const PoolGeom* g, const Py_ssize_t* taps, Py_s
 cdef enum:
     CHUNK = 256  # outputs of one row whose running maxima are kept in local arrays
     LANES = 16   # phased sweeps run to a multiple of this many outputs (a divisor of CHUNK)
+    # Average pooling of rows of fewer outputs goes window by window, each output's
+    # window read in place: the sweeps, which vectorise over a row's outputs, would be all
+    # loop overhead there (global pooling has one output per row).  (Max pooling's
+    # branch-free compare-select is one long chain per window: the sweeps stay faster.)
+    SHORT_ROW = 8
 
 
 cdef inline void max_sweep(const floating* x_tap, code_t cand, floating* best, code_t* code,
@@ -543,6 +548,50 @@ cdef tuple divisor_factors(const PoolGeom* g, bint count_include_pad, Py_ssize_t
                             1.0 if divisor_override else 0))
 
 
+cdef void avg_pool_row_windows(const floating* x_plane, floating* y_row, const PoolGeom* g,
+                               Py_ssize_t i, const double* inv_row,
+                               const double* inv_col) noexcept nogil:
+    """Output row i of one plane, each output's window summed in place, for rows of fewer
+    than SHORT_ROW outputs: columns down first (up to 16 independent sums, each a short
+    dependency chain), then across -- a 7x7 window in one running sum would wait on 49
+    additions in a row."""
+    cdef Py_ssize_t h_lo, h_hi, w_lo, w_hi, padded, ih, j, q, c0, n
+    cdef floating s
+    cdef floating col[16]
+    cdef const floating* x_cols
+    window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, &h_lo, &h_hi, &padded)
+    for j in range(g.W_out):
+        window_span(j * g.stride_w - g.pad_w, g.KW, g.W, g.pad_w, &w_lo, &w_hi, &padded)
+        s = 0
+        for c0 in range(w_lo, w_hi, 16):
+            n = min(16, w_hi - c0)
+            for q in range(n):
+                col[q] = 0
+            for ih in range(h_lo, h_hi):
+                x_cols = x_plane + ih * g.W + c0
+                for q in range(n):
+                    col[q] = col[q] + x_cols[q]
+            for q in range(n):
+                s = s + col[q]
+        y_row[j] = divided(s, inv_row, inv_col, i, j)
+
+
+cdef void avg_pool_grad_plane_windows(const floating* gy_plane, floating* gx_plane,
+                                      const PoolGeom* g, const double* inv_row,
+                                      const double* inv_col) noexcept nogil:
+    """avg_pool_grad_plane window by window (rows of fewer than SHORT_ROW outputs)."""
+    cdef Py_ssize_t h_lo, h_hi, w_lo, w_hi, padded, ih, w, i, j
+    cdef floating share
+    for i in range(g.H_out):
+        window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, &h_lo, &h_hi, &padded)
+        for j in range(g.W_out):
+            window_span(j * g.stride_w - g.pad_w, g.KW, g.W, g.pad_w, &w_lo, &w_hi, &padded)
+            share = divided(gy_plane[i * g.W_out + j], inv_row, inv_col, i, j)
+            for ih in range(h_lo, h_hi):
+                for w in range(w_lo, w_hi):
+                    gx_plane[ih * g.W + w] += share
+
+
 def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
                      floating[:, :, ::1] y,        # OUT (P, H_out, W_out)
                      spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
@@ -555,7 +604,11 @@ def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &g, i, &inv_row[0], &inv_col[0], &taps[0, 0])
+        if g.W_out < SHORT_ROW:
+            avg_pool_row_windows(&x[p, 0, 0], &y[p, i, 0], &g, i, &inv_row[0], &inv_col[0])
+        else:
+            avg_pool_row(&x[p, 0, 0], &y[p, i, 0], &g, i, &inv_row[0], &inv_col[0],
+                         &taps[0, 0])
 
 
 def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
@@ -568,5 +621,9 @@ def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
     inv_row, inv_col = divisor_factors(&g, count_include_pad, divisor_override)
     cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
-        avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0], &inv_col[0],
-                            &taps[0, 0])
+        if g.W_out < SHORT_ROW:
+            avg_pool_grad_plane_windows(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0],
+                                        &inv_col[0])
+        else:
+            avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0],
+                                &inv_col[0], &taps[0, 0])

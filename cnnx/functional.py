@@ -156,9 +156,11 @@ def _winograd_fits(spec):
 def _winograd_pays(spec):
     """Whether 'auto' should run this convolution with Winograd (see WINOGRAD_MIN_*)."""
     C_in_g, C_out_g = spec.C_in // spec.groups, spec.C_out // spec.groups
-    tiles = spec.N * ((spec.H_out + 1) // 2) * ((spec.W_out + 1) // 2)
+    sample_tiles = ((spec.H_out + 1) // 2) * ((spec.W_out + 1) // 2)
     return (_winograd_fits(spec) and min(C_in_g, C_out_g) >= WINOGRAD_MIN_CHANNELS
-            and C_in_g * C_out_g >= WINOGRAD_MIN_CHANNEL_PAIRS and tiles >= WINOGRAD_MIN_TILES)
+            and C_in_g * C_out_g >= WINOGRAD_MIN_CHANNEL_PAIRS
+            and spec.N * sample_tiles >= WINOGRAD_MIN_TILES
+            and sample_tiles >= WINOGRAD_MIN_SAMPLE_TILES)
 
 
 def _all_finite(a):
@@ -174,12 +176,17 @@ def _all_finite(a):
 DIRECT_MAX_WORK = 1 << 16
 # 'auto' takes Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with at least
 # WINOGRAD_MIN_CHANNELS input and output channels per group, their product at least
-# WINOGRAD_MIN_CHANNEL_PAIRS, and WINOGRAD_MIN_TILES 2x2 output tiles in the batch:
-# below these its GEMMs are too thin, or the weight transform too large a share, to
-# beat im2col + GEMM (measured on this project's bench machine; README).
+# WINOGRAD_MIN_CHANNEL_PAIRS, WINOGRAD_MIN_TILES 2x2 output tiles in the batch and
+# WINOGRAD_MIN_SAMPLE_TILES per sample: below these its GEMMs are too thin, or the
+# transformed weights (16 x C_out x C_in, read again by every work item, which holds the
+# tiles of one sample) too large a share, to beat im2col + GEMM.  Measured on this
+# project's bench machine, 1 and 2 threads: 8x256x14x14 -> 256 (392 tiles, 49 per sample)
+# Winograd 25 ms fwd+bwd vs GEMM 30; 8x512x7x7 (16 per sample) GEMM 39 vs 54;
+# 1x256x14x14 (49 tiles) GEMM 4.8 vs 7.6.
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_CHANNEL_PAIRS = 512
-WINOGRAD_MIN_TILES = 512
+WINOGRAD_MIN_TILES = 256
+WINOGRAD_MIN_SAMPLE_TILES = 36
 # Winograd work items hold about this many 2x2 output tiles (its workspace is
 # 16 * (C_in_g + C_out_g) values per tile).
 WINOGRAD_TILES = 128

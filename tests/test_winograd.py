@@ -122,6 +122,11 @@ def test_auto_picks_winograd_only_where_it_pays():
     assert pick("auto", _spec((8, 3, 16, 16), (32, 3, 3, 3)), w, x) == "gemm"
     assert pick("auto", _spec((8, 16, 16, 16), (16, 16, 3, 3)), w, x) == "gemm"
     assert pick("auto", _spec((1, 32, 16, 16), w.shape), w, x) == "gemm"
+    assert pick("auto", _spec((3, 32, 16, 16), w.shape), w, x) == "gemm"      # 192 tiles
+    assert pick("auto", _spec((4, 32, 16, 16), w.shape), w, x) == "winograd"  # 256
+    big = np.ones((512, 512, 3, 3))
+    assert pick("auto", _spec((8, 256, 14, 14), (256, 256, 3, 3)), big, x) == "winograd"
+    assert pick("auto", _spec((64, 512, 7, 7), big.shape), big, x) == "gemm"  # 16 per sample
     assert pick("auto", _spec((8, 32, 16, 16), (32, 1, 3, 3), groups=32), w, x) == "gemm"
     # explicit choices are kept
     assert pick("gemm", _spec(x.shape, w.shape), w, x) == "gemm"
