@@ -695,10 +695,14 @@ cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
 
 cdef void direct_weight_grad(const floating* grad_out, const floating* x, floating* gw_oc,
                              const Geom* p, Py_ssize_t o, Py_ssize_t c) noexcept nogil:
-    """gw_oc[u, v] = sum_{n,i,j} grad_y[n, o, i, j] * x[n, g*C_in_g + c, ih, iw] (double sums)."""
+    """gw_oc[u, v] = sum_{n,i,j} grad_y[n, o, i, j] * x[n, g*C_in_g + c, ih, iw] (double sums).
+
+    Each row's products go into eight partial sums by (j - j_lo) % 8, added up in a fixed
+    order at the end: eight independent chains that the compiler vectorises, where one
+    running sum would wait on every addition in turn."""
     cdef Py_ssize_t g = o // p.C_out_g
-    cdef Py_ssize_t n, u, v, i, j, ih_off, iw_off, i_lo, i_hi, j_lo, j_hi
-    cdef double acc
+    cdef Py_ssize_t n, u, v, i, j, q, m, ih_off, iw_off, i_lo, i_hi, j_lo, j_hi
+    cdef double part[8]
     cdef const floating* gy_row
     cdef const floating* x_row
     for u in range(p.KH):
@@ -707,15 +711,22 @@ cdef void direct_weight_grad(const floating* grad_out, const floating* x, floati
         for v in range(p.KW):
             iw_off = v * p.dilation_w - p.pad_left
             valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-            acc = 0
+            for q in range(8):
+                part[q] = 0
+            m = j_hi - j_lo
             for n in range(p.N):
                 for i in range(i_lo, i_hi):
-                    gy_row = grad_out + (n * p.C_out + o) * p.L + i * p.W_out
+                    gy_row = grad_out + (n * p.C_out + o) * p.L + i * p.W_out + j_lo
                     x_row = (x + ((n * p.C_in + g * p.C_in_g + c) * p.H
-                                  + i * p.stride_h + ih_off) * p.W + iw_off)
-                    for j in range(j_lo, j_hi):
-                        acc += gy_row[j] * x_row[j * p.stride_w]
-            gw_oc[u * p.KW + v] = <floating> acc
+                                  + i * p.stride_h + ih_off) * p.W + iw_off
+                             + j_lo * p.stride_w)
+                    for j in range(0, m - 7, 8):
+                        for q in range(8):
+                            part[q] += <double> gy_row[j + q] * x_row[(j + q) * p.stride_w]
+                    for j in range(m - m % 8, m):
+                        part[j % 8] += <double> gy_row[j] * x_row[j * p.stride_w]
+            gw_oc[u * p.KW + v] = <floating> (((part[0] + part[1]) + (part[2] + part[3]))
+                                              + ((part[4] + part[5]) + (part[6] + part[7])))
 
 
 def forward_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
