@@ -15,6 +15,14 @@ import os as _os
 # was busy, and `cnnx train` ran 5x slower.  A user's own setting wins; it only
 # takes effect if no OpenMP runtime shared with cnnx was loaded before this import.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenBLAS's worker threads likewise: after a multi-threaded BLAS call they busy-wait
+# for 2**28 cycles (~0.1 s) by default, and OpenMP or BLAS work started meanwhile
+# (cnnx's own loops right after one of its GEMMs, or another library's) gets one core
+# of two: measured here, a 2-thread Winograd forward took 30 ms instead of 16 after
+# NumPy's 2-thread np.dot.  2**4 cycles, OpenBLAS's minimum, lets them sleep at once.
+# Read when an OpenBLAS loads: SciPy's (the one cnnx calls) always loads after this
+# line, NumPy's only if numpy was not imported first.  A user's own setting wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from ._config import get_num_threads, set_num_threads
 from .functional import (

@@ -729,11 +729,12 @@ def environment(peers, threads):
            "cpu_count": os.cpu_count(), "numpy": np.__version__,
            "threads": list(threads), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
            "cpus_available": _cpus(), "load_1min_at_end": _loadavg(),
-           # every peer's OpenMP runtime reads these (importing cnnx sets
-           # OMP_WAIT_POLICY=PASSIVE unless it was set already)
+           # every peer's OpenMP runtime and OpenBLAS read these (importing cnnx sets
+           # OMP_WAIT_POLICY=PASSIVE and OPENBLAS_THREAD_TIMEOUT=4 unless they were set)
            "env_vars": {k: os.environ.get(k) for k in (
                "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CNNX_NUM_THREADS", "GOMP_SPINCOUNT",
-               "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS")
+               "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS",
+               "OPENBLAS_THREAD_TIMEOUT")
                + OPENBLAS_VARS}}
     try:
         import cnnx

@@ -1,6 +1,7 @@
 """The two builds of the pooling kernels (``_pool``, and ``_pool_avx2`` = the same source
 compiled with -mavx2, used on AVX2 CPUs) give bit-for-bit the same results, both equal to
-the reference; and which build runs is chosen as documented (cnnx/_kernels.py).
+the reference; which build runs is chosen as documented (cnnx/_kernels.py); and importing
+cnnx makes OpenMP and OpenBLAS workers sleep between calls unless the user said otherwise.
 
 The rest of the suite runs whichever build this machine picks; here both run, on rows
 wide enough (up to 40 outputs) to go through the vectorised loops and their remainders.
@@ -120,3 +121,16 @@ def test_avg_pool_builds_agree(cfg, dtype):
     assert_all_equal(grads, "avg_pool2d_backward")
     assert_close(next(iter(grads.values()))[0],
                  R.avg_pool2d_backward(g, x.shape, **cfg["kwargs"]))
+
+
+def test_importing_cnnx_sets_sleeping_workers_unless_the_user_did():
+    code = "import os, cnnx; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["PASSIVE", "4"]
+    env.update(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="20")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["ACTIVE", "20"]
