@@ -19,10 +19,12 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # for 2**28 cycles (~0.1 s) by default, and OpenMP or BLAS work started meanwhile
 # (cnnx's own loops right after one of its GEMMs, or another library's) gets one core
 # of two: measured here, a 2-thread Winograd forward took 30 ms instead of 16 after
-# NumPy's 2-thread np.dot.  2**4 cycles, OpenBLAS's minimum, lets them sleep at once.
-# Read when an OpenBLAS loads: SciPy's (the one cnnx calls) always loads after this
-# line, NumPy's only if numpy was not imported first.  A user's own setting wins.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# NumPy's 2-thread np.dot.  2**16 cycles (~20 us) still covers the gaps between the
+# GEMMs of one call (2**4, sleeping at once, made a batch-1 7x7 conv's 2-thread
+# backward 3.3 -> 6.0 ms: every GEMM woke the workers).  Read when an OpenBLAS loads:
+# SciPy's (the one cnnx calls) always loads after this line, NumPy's only if numpy was
+# not imported first.  A user's own setting wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 from ._config import get_num_threads, set_num_threads
 from .functional import (

@@ -730,7 +730,7 @@ def environment(peers, threads):
            "threads": list(threads), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
            "cpus_available": _cpus(), "load_1min_at_end": _loadavg(),
            # every peer's OpenMP runtime and OpenBLAS read these (importing cnnx sets
-           # OMP_WAIT_POLICY=PASSIVE and OPENBLAS_THREAD_TIMEOUT=4 unless they were set)
+           # OMP_WAIT_POLICY=PASSIVE and OPENBLAS_THREAD_TIMEOUT=16 unless they were set)
            "env_vars": {k: os.environ.get(k) for k in (
                "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CNNX_NUM_THREADS", "GOMP_SPINCOUNT",
                "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS",
