@@ -309,3 +309,27 @@ LAYOUTS = {
     "fortran-readonly": fortran_readonly,
     "transposed": lambda a: np.ascontiguousarray(a.T).T if a.ndim > 1 else a,
 }
+
+
+# --------------------------------------------------------------------------
+# child processes
+# --------------------------------------------------------------------------
+def run_python(code, env=None):
+    """Run ``python -c code`` in a child that imports the same cnnx as this process (not
+    the source tree, which `python -c` would put first on sys.path from the repo root);
+    returns its stdout, raising CalledProcessError (with stderr) if it fails."""
+    import os
+    import subprocess
+    import sys
+
+    import cnnx
+
+    env = dict(os.environ if env is None else env)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    cnnx_parent = os.path.dirname(os.path.dirname(os.path.abspath(cnnx.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([cnnx_parent, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, cwd=tests_dir, timeout=120)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, code, proc.stdout, proc.stderr)
+    return proc.stdout

@@ -6,12 +6,12 @@ Speed is never asserted here; every case is tiny.
 import json
 import os
 import platform
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import _helpers as H
 from cnnx import _bench_peers as bp
 from cnnx import benchmark as bm
 from cnnx.cli import main as cli_main
@@ -190,8 +190,7 @@ def test_cli_malloc_system_leaves_malloc_alone(tmp_path, mallopt_calls):
 def test_steady_malloc_subprocess(tmp_path):
     """The real mallopt call, in a process of its own."""
     code = ("import json, cnnx.benchmark as bm; print(json.dumps(bm.steady_malloc()))")
-    mode, how = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                          text=True, check=True).stdout)
+    mode, how = json.loads(H.run_python(code))
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert mode == "steady" and "mmap threshold 32 MiB" in how
     else:

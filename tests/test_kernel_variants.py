@@ -8,8 +8,6 @@ wide enough (up to 40 outputs) to go through the vectorised loops and their rema
 """
 
 import os
-import subprocess
-import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -75,11 +73,9 @@ def test_the_documented_build_runs():
 
 
 def test_cnnx_no_avx2_forces_the_baseline():
-    env = dict(os.environ, CNNX_NO_AVX2="1")
     code = ("import cnnx.functional as F, cnnx._pool as P, cnnx._kernels as K; "
             "print(F._pool is P, K.POOL_VARIANT)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = H.run_python(code, dict(os.environ, CNNX_NO_AVX2="1"))
     assert out.startswith("True baseline"), out
 
 
@@ -127,10 +123,6 @@ def test_importing_cnnx_sets_sleeping_workers_unless_the_user_did():
     code = "import os, cnnx; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["PASSIVE", "16"]
+    assert H.run_python(code, env).split() == ["PASSIVE", "16"]
     env.update(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="20")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["ACTIVE", "20"]
+    assert H.run_python(code, env).split() == ["ACTIVE", "20"]
