@@ -548,6 +548,21 @@ cdef tuple divisor_factors(const PoolGeom* g, bint count_include_pad, Py_ssize_t
                             1.0 if divisor_override else 0))
 
 
+cdef inline floating run_sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """a[0] + ... + a[n-1], element k into partial sum k % 8, the eight added up in a fixed
+    order: a loop the compiler vectorises (one running sum would be a chain of n adds)."""
+    cdef floating part[8]
+    cdef Py_ssize_t k, q
+    for q in range(8):
+        part[q] = 0
+    for k in range(0, n - 7, 8):
+        for q in range(8):
+            part[q] = part[q] + a[k + q]
+    for k in range(n - n % 8, n):
+        part[k % 8] = part[k % 8] + a[k]
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]))
+
+
 cdef void avg_pool_row_windows(const floating* x_plane, floating* y_row, const PoolGeom* g,
                                Py_ssize_t i, const double* inv_row,
                                const double* inv_col) noexcept nogil:
@@ -562,6 +577,10 @@ cdef void avg_pool_row_windows(const floating* x_plane, floating* y_row, const P
     window_span(i * g.stride_h - g.pad_h, g.KH, g.H, g.pad_h, &h_lo, &h_hi, &padded)
     for j in range(g.W_out):
         window_span(j * g.stride_w - g.pad_w, g.KW, g.W, g.pad_w, &w_lo, &w_hi, &padded)
+        if w_lo == 0 and w_hi == g.W:  # whole rows (global pooling): one contiguous run
+            y_row[j] = divided(run_sum(x_plane + h_lo * g.W, (h_hi - h_lo) * g.W),
+                               inv_row, inv_col, i, j)
+            continue
         s = 0
         for c0 in range(w_lo, w_hi, 16):
             n = min(16, w_hi - c0)
@@ -587,6 +606,10 @@ cdef void avg_pool_grad_plane_windows(const floating* gy_plane, floating* gx_pla
         for j in range(g.W_out):
             window_span(j * g.stride_w - g.pad_w, g.KW, g.W, g.pad_w, &w_lo, &w_hi, &padded)
             share = divided(gy_plane[i * g.W_out + j], inv_row, inv_col, i, j)
+            if w_lo == 0 and w_hi == g.W:  # whole rows: one contiguous run
+                for w in range(h_lo * g.W, h_hi * g.W):
+                    gx_plane[w] += share
+                continue
             for ih in range(h_lo, h_hi):
                 for w in range(w_lo, w_hi):
                     gx_plane[ih * g.W + w] += share

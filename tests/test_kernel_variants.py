@@ -126,3 +126,24 @@ def test_importing_cnnx_sets_sleeping_workers_unless_the_user_did():
     assert H.run_python(code, env).split() == ["PASSIVE", "16"]
     env.update(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="20")
     assert H.run_python(code, env).split() == ["ACTIVE", "20"]
+
+
+@pytest.mark.parametrize("shape, kwargs", [
+    ((2, 5, 7, 7), dict(kernel_size=7)),                                  # global pooling
+    ((1, 3, 9, 20), dict(kernel_size=(3, 20), stride=(2, 1))),            # whole rows
+    ((2, 2, 6, 5), dict(kernel_size=(2, 5), stride=1, padding=(1, 0), ceil_mode=True,
+                        count_include_pad=False)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool_whole_row_windows(shape, kwargs, dtype):
+    """Windows spanning whole rows are summed as one contiguous run (a different order)."""
+    rng = np.random.default_rng(7)
+    x = H.normal(rng, shape, dtype)
+    results = run_all(Fn.avg_pool2d, x, **kwargs)
+    assert_all_equal(results, "avg_pool2d")
+    y = next(iter(results.values()))[0]
+    assert_close(y, R.avg_pool2d(x, **kwargs))
+    g = H.normal(rng, y.shape, dtype)
+    grads = run_all(Fn.avg_pool2d_backward, g, x.shape, **kwargs)
+    assert_all_equal(grads, "avg_pool2d_backward")
+    assert_close(next(iter(grads.values()))[0], R.avg_pool2d_backward(g, x.shape, **kwargs))
