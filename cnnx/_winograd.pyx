@@ -316,12 +316,39 @@ cdef enum:
     XI_PAD = 16
 
 
+cdef struct BandItem:
+    # a work item of forward and weight_grad: sample n, group g, tile rows [ti0, ti1)
+    # (T tiles), and where its pieces start in the thread's workspace (values from the
+    # start: V is 16 runs of V_step, then M 16 of M_step, the band's rows, scratch)
+    Py_ssize_t n, g, ti0, ti1, T, V_step, M_step, M_off, rows_off, tmp_off
+
+
+cdef inline BandItem band_item(Py_ssize_t item, Py_ssize_t n_bands, Py_ssize_t groups,
+                               Py_ssize_t tile_rows, Py_ssize_t tH, Py_ssize_t tW,
+                               Py_ssize_t C_in_g, Py_ssize_t C_out_g) noexcept nogil:
+    """Work item ``item`` of N * groups * n_bands (bands of ``tile_rows`` tile rows), laid
+    out in a workspace of workspace_size(C_in_g, C_out_g, W_out, tile_rows) values."""
+    cdef BandItem it
+    cdef Py_ssize_t band = item % n_bands
+    it.g = (item // n_bands) % groups
+    it.n = item // (n_bands * groups)
+    it.ti0 = band * tile_rows
+    it.ti1 = min(it.ti0 + tile_rows, tH)
+    it.T = (it.ti1 - it.ti0) * tW
+    it.V_step = C_in_g * it.T + XI_PAD
+    it.M_step = C_out_g * it.T + XI_PAD
+    it.M_off = 16 * it.V_step
+    it.rows_off = it.M_off + 16 * it.M_step
+    it.tmp_off = it.rows_off + (2 * tile_rows + 2) * 2 * (tW + 1)
+    return it
+
+
 def workspace_size(Py_ssize_t C_in_g, Py_ssize_t C_out_g, Py_ssize_t W_out, Py_ssize_t tile_rows):
-    """Values of scratch one thread needs: V, M, a band's padded input rows, 6*T more."""
+    """Values of scratch one thread needs: V, M, a band's padded input rows, 6*T more
+    (the layout of band_item, for a full band)."""
     cdef Py_ssize_t tW = (W_out + 1) // 2
-    cdef Py_ssize_t T = tile_rows * tW
-    return (16 * (C_in_g * T + XI_PAD) + 16 * (C_out_g * T + XI_PAD)
-            + (2 * tile_rows + 2) * 2 * (tW + 1) + 6 * T)
+    cdef BandItem full = band_item(0, 1, 1, tile_rows, tile_rows, tW, C_in_g, C_out_g)
+    return full.tmp_off + 6 * full.T
 
 
 def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
@@ -339,8 +366,8 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
     cdef Py_ssize_t tH = (H_out + 1) // 2, tW = (W_out + 1) // 2
     cdef Py_ssize_t n_bands = (tH + tile_rows - 1) // tile_rows
     cdef Py_ssize_t n_items = N * groups * n_bands
-    cdef Py_ssize_t half = tW + 1     # even (and odd) input columns a tile row reads
-    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, o, xi, V_step, M_step
+    cdef Py_ssize_t item, o, xi
+    cdef BandItem it
     cdef floating* V
     cdef floating* M
     cdef floating* rows
@@ -349,29 +376,22 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
     if n_items == 0 or H_out == 0 or W_out == 0:
         return
     for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
-        band = item % n_bands
-        g = (item // n_bands) % groups
-        n = item // (n_bands * groups)
-        ti0 = band * tile_rows
-        ti1 = min(ti0 + tile_rows, tH)
-        T = (ti1 - ti0) * tW
-        V_step = C_in_g * T + XI_PAD
-        M_step = C_out_g * T + XI_PAD
+        it = band_item(item, n_bands, groups, tile_rows, tH, tW, C_in_g, C_out_g)
         V = &work[threadid(), 0]
-        M = V + 16 * V_step
-        rows = M + 16 * M_step         # the band's input rows, then 6 * T of scratch
-        tmp = rows + (2 * tile_rows + 2) * 2 * half
-        band_input_transform(&x[n, g * C_in_g, 0, 0], C_in_g, H, W, ti0, ti1, tW,
-                             pad_top, pad_left, rows, V, V_step)
+        M = V + it.M_off
+        rows = V + it.rows_off
+        tmp = V + it.tmp_off
+        band_input_transform(&x[it.n, it.g * C_in_g, 0, 0], C_in_g, H, W, it.ti0, it.ti1,
+                             tW, pad_top, pad_left, rows, V, it.V_step)
         # M[xi] (C_out_g x T) = U[xi, group g] (C_out_g x C_in_g) @ V[xi] (C_in_g x T),
         # row-major; as column-major: M^T = V^T @ U^T
         for xi in range(16):
-            gemm_nn(<int> T, <int> C_out_g, <int> C_in_g, V + xi * V_step, <int> T,
-                    &U[xi, g * C_out_g, 0], <int> C_in_g, M + xi * M_step, <int> T)
+            gemm_nn(<int> it.T, <int> C_out_g, <int> C_in_g, V + xi * it.V_step, <int> it.T,
+                    &U[xi, it.g * C_out_g, 0], <int> C_in_g, M + xi * it.M_step, <int> it.T)
         for o in range(C_out_g):
-            b = bias[g * C_out_g + o] if has_bias else 0
-            output_transform(M + o * T, M_step, tW, T, &y[n, g * C_out_g + o, 0, 0], H_out,
-                             W_out, ti0, b, tmp)
+            b = bias[it.g * C_out_g + o] if has_bias else 0
+            output_transform(M + o * it.T, it.M_step, tW, it.T,
+                             &y[it.n, it.g * C_out_g + o, 0, 0], H_out, W_out, it.ti0, b, tmp)
 
 
 cdef inline void gemm_tn_acc(int m, int n, int k, const floating* a, int lda,
@@ -407,8 +427,8 @@ def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
     cdef Py_ssize_t tH = (H_out + 1) // 2, tW = (W_out + 1) // 2
     cdef Py_ssize_t n_bands = (tH + tile_rows - 1) // tile_rows
     cdef Py_ssize_t n_items = N * groups * n_bands
-    cdef Py_ssize_t half = tW + 1
-    cdef Py_ssize_t item, n, g, band, ti0, ti1, T, o, xi, V_step, M_step
+    cdef Py_ssize_t item, o, xi
+    cdef BandItem it
     cdef floating* V
     cdef floating* dM
     cdef floating* rows
@@ -417,31 +437,24 @@ def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
     if n_items == 0 or H_out == 0 or W_out == 0:
         return
     for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
-        band = item % n_bands
-        g = (item // n_bands) % groups
-        n = item // (n_bands * groups)
-        ti0 = band * tile_rows
-        ti1 = min(ti0 + tile_rows, tH)
-        T = (ti1 - ti0) * tW
-        V_step = C_in_g * T + XI_PAD
-        M_step = C_out_g * T + XI_PAD
+        it = band_item(item, n_bands, groups, tile_rows, tH, tW, C_in_g, C_out_g)
         V = &work[threadid(), 0]
-        dM = V + 16 * V_step
-        rows = dM + 16 * M_step
-        tmp = rows + (2 * tile_rows + 2) * 2 * half
+        dM = V + it.M_off
+        rows = V + it.rows_off
+        tmp = V + it.tmp_off
         dU = &dU_acc[threadid(), 0]
-        band_input_transform(&x[n, g * C_in_g, 0, 0], C_in_g, H, W, ti0, ti1, tW,
-                             pad_top, pad_left, rows, V, V_step)
+        band_input_transform(&x[it.n, it.g * C_in_g, 0, 0], C_in_g, H, W, it.ti0, it.ti1,
+                             tW, pad_top, pad_left, rows, V, it.V_step)
         for o in range(C_out_g):  # (the rows buffer is free again: 4*T values of it)
             if o + 1 < C_out_g:
-                prefetch_rows(&grad_out[n, g * C_out_g + o + 1, 0, 0], sizeof(floating),
-                              H_out, W_out, 2 * ti0, 2 * (ti1 - ti0))
-            load_grad_pairs(&grad_out[n, g * C_out_g + o, 0, 0], H_out, W_out, ti0, T, tW,
-                            rows)
-            grad_out_transform(rows, T, tmp, dM + o * T, M_step)
+                prefetch_rows(&grad_out[it.n, it.g * C_out_g + o + 1, 0, 0], sizeof(floating),
+                              H_out, W_out, 2 * it.ti0, 2 * (it.ti1 - it.ti0))
+            load_grad_pairs(&grad_out[it.n, it.g * C_out_g + o, 0, 0], H_out, W_out, it.ti0,
+                            it.T, tW, rows)
+            grad_out_transform(rows, it.T, tmp, dM + o * it.T, it.M_step)
         # dU[xi] (C_out x C_in_g, row-major; group g's rows) += dM[xi] (C_out_g x T) @ V[xi]^T,
         # as column-major: dU^T (C_in_g x C_out_g) += V[xi]^T-as-stored^T @ dM[xi]
         for xi in range(16):
-            gemm_tn_acc(<int> C_in_g, <int> C_out_g, <int> T, V + xi * V_step, <int> T,
-                        dM + xi * M_step, <int> T,
-                        dU + (xi * C_out + g * C_out_g) * C_in_g, <int> C_in_g)
+            gemm_tn_acc(<int> C_in_g, <int> C_out_g, <int> it.T, V + xi * it.V_step, <int> it.T,
+                        dM + xi * it.M_step, <int> it.T,
+                        dU + (xi * C_out + it.g * C_out_g) * C_in_g, <int> C_in_g)
