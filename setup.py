@@ -100,30 +100,26 @@ macros = [
     ("CNNX_DEBUG", "1" if DEBUG else "0"),
 ]
 
-extensions = [
-    Extension(
+
+def _extension(name, extra_compile_args=()):
+    return Extension(
         f"cnnx.{name}",
         [f"cnnx/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=list(macros),
-        extra_compile_args=list(opt_args),
+        extra_compile_args=list(opt_args) + list(extra_compile_args),
         extra_link_args=list(link_args),
     )
-    for name in ("_conv", "_winograd", "_pool", "_activations", "_build_info")
-]
+
+
+extensions = [_extension(name)
+              for name in ("_conv", "_winograd", "_pool", "_activations", "_build_info")]
 
 # The pooling kernels once more, for AVX2 CPUs (picked at run time, see cnnx/_kernels.py):
 # gcc vectorises float64 max pooling only with AVX2.  gcc/clang on x86-64 only.
 if (platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
         and not _env_flag("CNNX_NO_AVX2")):
-    extensions.append(Extension(
-        "cnnx._pool_avx2",
-        ["cnnx/_pool_avx2.pyx"],
-        include_dirs=[np.get_include()],
-        define_macros=list(macros),
-        extra_compile_args=list(opt_args) + ["-mavx2"],
-        extra_link_args=list(link_args),
-    ))
+    extensions.append(_extension("_pool_avx2", ["-mavx2"]))
 
 directives = {
     "language_level": 3,

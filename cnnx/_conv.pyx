@@ -375,13 +375,13 @@ def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns, bint wide=Fa
     cdef Py_ssize_t columns = max(min_columns, max_elems // max(p.K, 1))
     cdef Py_ssize_t width = wide_width(&p) if wide else p.W_out
     cdef Py_ssize_t L = (p.H_out - 1) * width + p.W_out
-    cdef Py_ssize_t nb
+    cdef Py_ssize_t nb, n_tiles
     if L < min_columns and not is_pointwise(&p):
         nb = max(1, min(columns // L, p.N))
         # as many tiles, the samples spread evenly over them (8 samples: 4 + 4, not 5 + 3,
         # which left one of two threads idle for a quarter of the call)
-        nb = (p.N + (p.N + nb - 1) // nb - 1) // ((p.N + nb - 1) // nb)
-        return nb, p.H_out
+        n_tiles = (p.N + nb - 1) // nb
+        return (p.N + n_tiles - 1) // n_tiles, p.H_out
     return 1, max(1, min(columns // width, p.H_out))
 
 

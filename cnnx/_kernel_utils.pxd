@@ -40,20 +40,15 @@ cdef extern from *:
     void cnnx_prefetch(const void* p) noexcept nogil
 
 
-cdef inline void prefetch_range(const void* start, Py_ssize_t n_bytes) noexcept nogil:
-    """Prefetch the cache lines of [start, start + n_bytes): for short runs that the
-    hardware prefetchers would not see coming."""
-    cdef Py_ssize_t k
+cdef inline void prefetch_rows(const void* plane, Py_ssize_t itemsize, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t h0, Py_ssize_t n_rows) noexcept nogil:
+    """Prefetch the cache lines of rows h0 .. h0+n_rows-1 of an H x W plane (those inside
+    [0, H)): for short runs of rows that the hardware prefetchers would not see coming."""
+    cdef Py_ssize_t h_lo = max(h0, 0), h_hi = min(h0 + n_rows, H), k
+    cdef const char* start = <const char*> plane + h_lo * W * itemsize
+    cdef Py_ssize_t n_bytes = (h_hi - h_lo) * W * itemsize
     if n_bytes <= 0:
         return
     for k in range(0, n_bytes, 64):
-        cnnx_prefetch(<const char*> start + k)
-    cnnx_prefetch(<const char*> start + n_bytes - 1)
-
-
-cdef inline void prefetch_rows(const void* plane, Py_ssize_t itemsize, Py_ssize_t H,
-                               Py_ssize_t W, Py_ssize_t h0, Py_ssize_t n_rows) noexcept nogil:
-    """Prefetch rows h0 .. h0+n_rows-1 of an H x W plane (those inside [0, H))."""
-    cdef Py_ssize_t h_lo = max(h0, 0), h_hi = min(h0 + n_rows, H)
-    if h_hi > h_lo:
-        prefetch_range(<const char*> plane + h_lo * W * itemsize, (h_hi - h_lo) * W * itemsize)
+        cnnx_prefetch(start + k)
+    cnnx_prefetch(start + n_bytes - 1)

@@ -209,6 +209,25 @@ cdef inline void max_sweep_phased(const floating* phase0, const floating* phase1
                        &best[j], &code[j])
 
 
+cdef inline void sweep_window_row(bint inside, const floating* x_row, Py_ssize_t W,
+                                  Py_ssize_t off, code_t cand, floating* best, code_t* code,
+                                  floating* phase0, floating* phase1, Py_ssize_t jn,
+                                  Py_ssize_t jr, Py_ssize_t S, Py_ssize_t K) noexcept nogil:
+    """One window row, all its K taps at once, for a chunk's outputs (called with constant
+    S and K, so the copies and sweeps vectorise): straight from x_row for the jn outputs
+    when every window lies ``inside`` it, else from its -inf padded phases for jr outputs
+    (see max_pool_row); phase p gets the jr + (K - 1 - p) // S columns its taps read."""
+    if inside:
+        max_sweep(x_row + off, cand, best, code, 0, jn, S, K)
+        return
+    if S == 1:
+        load_phase(x_row, W, off, 1, jr + K - 1, phase0)
+    else:
+        load_phase(x_row, W, off, 2, jr + (K - 1) // 2, phase0)
+        load_phase(x_row, W, off + 1, 2, jr + (K - 2) // 2, phase1)
+    max_sweep_phased(phase0, phase1, cand, best, code, jr, S, K)
+
+
 cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
                        const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col,
                        const Py_ssize_t* taps, code_t code_kind) noexcept nogil:
@@ -269,32 +288,19 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
             # tap v of output j: column off + j*S + v, index ih*W + that
             off = -g.pad_w + j0 * S
             cand = <code_t> (ih * g.W + off)
-            if inside:
+            if inside or phased:
                 if K == 2 and S == 2:
-                    max_sweep(x_row + off, cand, best, code, 0, jn, 2, 2)
+                    sweep_window_row(inside, x_row, g.W, off, cand, best, code, phase0, phase1,
+                                     jn, jr, 2, 2)
                 elif K == 3 and S == 2:
-                    max_sweep(x_row + off, cand, best, code, 0, jn, 2, 3)
+                    sweep_window_row(inside, x_row, g.W, off, cand, best, code, phase0, phase1,
+                                     jn, jr, 2, 3)
                 elif K == 2:
-                    max_sweep(x_row + off, cand, best, code, 0, jn, 1, 2)
+                    sweep_window_row(inside, x_row, g.W, off, cand, best, code, phase0, phase1,
+                                     jn, jr, 1, 2)
                 else:
-                    max_sweep(x_row + off, cand, best, code, 0, jn, 1, 3)
-                continue
-            if phased:
-                # phase p: the jr + (K - 1 - p) // S columns its taps read (constant S
-                # at each call: the copies vectorise)
-                if S == 1:
-                    load_phase(x_row, g.W, off, 1, jr + K - 1, phase0)
-                else:
-                    load_phase(x_row, g.W, off, 2, jr + (K - 1) // 2, phase0)
-                    load_phase(x_row, g.W, off + 1, 2, jr + (K - 2) // 2, phase1)
-                if S == 1 and K == 2:
-                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 1, 2)
-                elif S == 1:
-                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 1, 3)
-                elif K == 2:
-                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 2, 2)
-                else:
-                    max_sweep_phased(phase0, phase1, cand, best, code, jr, 2, 3)
+                    sweep_window_row(inside, x_row, g.W, off, cand, best, code, phase0, phase1,
+                                     jn, jr, 1, 3)
                 continue
             for t in range(g.n_taps):
                 # output j's tap is x_row[j*S + off], index ih*W + j*S + off, for
