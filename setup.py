@@ -6,8 +6,9 @@ Environment switches (all optional):
 * ``CNNX_DEBUG_BUILD=1``   Cython bounds/wraparound/initialisation checks on, -O1 -g;
                            ``CNNX_DEBUG_BUILD=asan`` adds AddressSanitizer as well
 * ``CNNX_ANNOTATE=1``      write Cython's annotated HTML next to each .pyx
-* ``CNNX_NO_AVX2=1``       skip the second, -mavx2 build of the pooling kernels (x86-64
-                           only; used at run time only on CPUs with AVX2)
+* ``CNNX_NO_AVX2=1``       skip the second builds of the pooling (-mavx2) and convolution
+                           (-mavx2 -mfma) kernels (x86-64 only; used at run time only on
+                           CPUs with AVX2 and FMA)
 """
 
 import os
@@ -115,11 +116,13 @@ def _extension(name, extra_compile_args=()):
 extensions = [_extension(name)
               for name in ("_conv", "_winograd", "_pool", "_activations", "_build_info")]
 
-# The pooling kernels once more, for AVX2 CPUs (picked at run time, see cnnx/_kernels.py):
-# gcc vectorises float64 max pooling only with AVX2.  gcc/clang on x86-64 only.
+# The pooling and convolution kernels once more, for AVX2 CPUs (picked at run time, see
+# cnnx/_kernels.py): gcc vectorises float64 max pooling only with AVX2; the direct
+# convolution loops run twice the lanes, with fused multiply-adds.  gcc/clang on x86-64 only.
 if (platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
         and not _env_flag("CNNX_NO_AVX2")):
     extensions.append(_extension("_pool_avx2", ["-mavx2"]))
+    extensions.append(_extension("_conv_avx2", ["-mavx2", "-mfma"]))
 
 directives = {
     "language_level": 3,

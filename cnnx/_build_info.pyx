@@ -20,11 +20,20 @@ cdef extern from *:
         return 0;
     #endif
     }
+    static int cnnx_cpu_has_fma(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("fma");
+    #else
+        return 0;
+    #endif
+    }
     """
     int cnnx_openmp_enabled() noexcept nogil
     int cnnx_omp_max_threads() noexcept nogil
     int cnnx_openmp_version() noexcept nogil
     int cnnx_cpu_has_avx2() noexcept nogil
+    int cnnx_cpu_has_fma() noexcept nogil
     int CNNX_DEBUG
 
 
@@ -42,3 +51,9 @@ def cpu_has_avx2():
     """Whether this CPU (and OS) can run AVX2 code: decides whether cnnx uses the
     kernels built with -mavx2 (``_pool_avx2``)."""
     return bool(cnnx_cpu_has_avx2())
+
+
+def cpu_has_fma():
+    """Whether this CPU has FMA3: with AVX2, decides whether cnnx uses the convolution
+    kernels built with -mavx2 -mfma (``_conv_avx2``)."""
+    return bool(cnnx_cpu_has_fma())

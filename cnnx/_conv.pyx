@@ -113,9 +113,85 @@ cdef extern from *:
         Py_ssize_t j; \
         if (stride == 1) { for (j = 0; j < n; j++) dst[j] += src[j]; } \
         else { for (j = 0; j < n; j++) dst[j * stride] += src[j]; } \
+    } \
+    static inline void cnnx_axpy_row_##S(T *restrict dst, Py_ssize_t dst_stride, \
+                                         const T *restrict src, Py_ssize_t src_stride, \
+                                         T w, Py_ssize_t n) { \
+        Py_ssize_t j; \
+        if (dst_stride == 1 && src_stride == 1) { for (j = 0; j < n; j++) dst[j] += w * src[j]; } \
+        else { for (j = 0; j < n; j++) dst[j * dst_stride] += w * src[j * src_stride]; } \
     }
     CNNX_ROW_OPS(float, f)
     CNNX_ROW_OPS(double, d)
+
+    /* sum_{i < n_rows, j < m} a[i*a_row + j] * b[i*b_row + j*b_step], in two vectors of
+       partial sums (gcc/clang vector extensions, the target's vector width): runs of
+       products that the compiler cannot vectorise as a sum without reassociating it.  A row's
+       last m % PER products are the top lanes of the PER ending at m, the lanes below
+       (summed already) set to zero. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #  if defined(__AVX__)
+    #    define CNNX_VBYTES 32
+    #  else
+    #    define CNNX_VBYTES 16
+    #  endif
+    #  include <stdint.h>
+    /* lane masks: the PER entries from index 32/sizeof(T) - PER + n have the top n set */
+    static const int32_t cnnx_mask_f[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
+    static const int64_t cnnx_mask_d[8] = {0, 0, 0, 0, -1, -1, -1, -1};
+    #  define CNNX_DOT_ROWS(T, S, I) \
+    typedef T cnnx_vec_##S __attribute__((vector_size(CNNX_VBYTES))); \
+    typedef I cnnx_ivec_##S __attribute__((vector_size(CNNX_VBYTES))); \
+    static inline cnnx_vec_##S cnnx_products_##S(const T *a, const T *b, Py_ssize_t b_step) { \
+        cnnx_vec_##S va, vb; int q; \
+        memcpy(&va, a, sizeof va); \
+        if (b_step == 1) memcpy(&vb, b, sizeof vb); \
+        else for (q = 0; q < (int) (CNNX_VBYTES / sizeof(T)); q++) vb[q] = b[q * b_step]; \
+        return va * vb; \
+    } \
+    static T cnnx_dot_rows_##S(const T *a, Py_ssize_t a_row, const T *b, Py_ssize_t b_row, \
+                               Py_ssize_t b_step, Py_ssize_t n_rows, Py_ssize_t m) { \
+        enum { PER = CNNX_VBYTES / sizeof(T) }; \
+        cnnx_vec_##S s0 = {0}, s1 = {0}, t; \
+        cnnx_ivec_##S mask; \
+        Py_ssize_t i, j, k; int q; \
+        T sum = 0; \
+        for (i = 0; i < n_rows; i++) { \
+            const T *ar = a + i * a_row, *br = b + i * b_row; \
+            for (j = 0; j + 2 * PER <= m; j += 2 * PER) { \
+                s0 += cnnx_products_##S(ar + j, br + j * b_step, b_step); \
+                s1 += cnnx_products_##S(ar + j + PER, br + (j + PER) * b_step, b_step); \
+            } \
+            if (j + PER <= m) { \
+                s0 += cnnx_products_##S(ar + j, br + j * b_step, b_step); \
+                j += PER; \
+            } \
+            if (j < m && m >= PER) { \
+                k = m - PER; \
+                t = cnnx_products_##S(ar + k, br + k * b_step, b_step); \
+                memcpy(&mask, cnnx_mask_##S + (32 / sizeof(T)) - PER + (m - j), sizeof mask); \
+                s1 += (cnnx_vec_##S) ((cnnx_ivec_##S) t & mask); \
+            } else { \
+                for (; j < m; j++) sum += ar[j] * br[j * b_step]; \
+            } \
+        } \
+        s0 += s1; \
+        for (q = 0; q < PER; q++) sum += s0[q]; \
+        return sum; \
+    }
+    #else
+    #  define CNNX_DOT_ROWS(T, S, I) \
+    static T cnnx_dot_rows_##S(const T *a, Py_ssize_t a_row, const T *b, Py_ssize_t b_row, \
+                               Py_ssize_t b_step, Py_ssize_t n_rows, Py_ssize_t m) { \
+        T part[8] = {0}, sum = 0; Py_ssize_t i, j; int q; \
+        for (i = 0; i < n_rows; i++) \
+            for (j = 0; j < m; j++) part[j % 8] += a[i * a_row + j] * b[i * b_row + j * b_step]; \
+        for (q = 0; q < 8; q++) sum += part[q]; \
+        return sum; \
+    }
+    #endif
+    CNNX_DOT_ROWS(float, f, int32_t)
+    CNNX_DOT_ROWS(double, d, int64_t)
     """
     void cnnx_copy_row_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
     void cnnx_copy_row_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
@@ -123,6 +199,14 @@ cdef extern from *:
     void cnnx_zero_row_d(double* dst, Py_ssize_t n) noexcept nogil
     void cnnx_add_row_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
     void cnnx_add_row_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
+    float cnnx_dot_rows_f(const float* a, Py_ssize_t a_row, const float* b, Py_ssize_t b_row,
+                          Py_ssize_t b_step, Py_ssize_t n_rows, Py_ssize_t m) noexcept nogil
+    double cnnx_dot_rows_d(const double* a, Py_ssize_t a_row, const double* b, Py_ssize_t b_row,
+                           Py_ssize_t b_step, Py_ssize_t n_rows, Py_ssize_t m) noexcept nogil
+    void cnnx_axpy_row_f(float* dst, Py_ssize_t dst_stride, const float* src,
+                         Py_ssize_t src_stride, float w, Py_ssize_t n) noexcept nogil
+    void cnnx_axpy_row_d(double* dst, Py_ssize_t dst_stride, const double* src,
+                         Py_ssize_t src_stride, double w, Py_ssize_t n) noexcept nogil
 
 
 cdef inline void copy_row(floating* dst, const floating* src, Py_ssize_t n,
@@ -149,6 +233,25 @@ cdef inline void add_row(floating* dst, const floating* src, Py_ssize_t n,
         cnnx_add_row_f(dst, src, n, stride)
     else:
         cnnx_add_row_d(dst, src, n, stride)
+
+
+cdef inline floating dot_rows(const floating* a, Py_ssize_t a_row, const floating* b,
+                             Py_ssize_t b_row, Py_ssize_t b_step, Py_ssize_t n_rows,
+                             Py_ssize_t m) noexcept nogil:
+    """sum_{i < n_rows, j < m} a[i*a_row + j] * b[i*b_row + j*b_step] (vector partial sums)."""
+    if floating is float:
+        return cnnx_dot_rows_f(a, a_row, b, b_row, b_step, n_rows, m)
+    else:
+        return cnnx_dot_rows_d(a, a_row, b, b_row, b_step, n_rows, m)
+
+
+cdef inline void axpy_row(floating* dst, Py_ssize_t dst_stride, const floating* src,
+                          Py_ssize_t src_stride, floating w, Py_ssize_t n) noexcept nogil:
+    """dst[j*dst_stride] += w * src[j*src_stride] for j < n (no overlap)."""
+    if floating is float:
+        cnnx_axpy_row_f(dst, dst_stride, src, src_stride, w, n)
+    else:
+        cnnx_axpy_row_d(dst, dst_stride, src, src_stride, w, n)
 
 
 # ---------------------------------------------------------------------------
@@ -647,109 +750,148 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
 # ---------------------------------------------------------------------------
 # direct algorithm: the formula's loops
 # ---------------------------------------------------------------------------
-cdef inline void tap_accumulate(const floating* src, double* dst, double w, const Geom* p,
-                                Py_ssize_t u, Py_ssize_t v, bint to_input) noexcept nogil:
-    """One kernel tap (u, v) between an input plane and an output plane.
+# Planes are summed band by band: every tap adds into a band of about this many values
+# (rows of the plane summed into) while it sits in L1, rather than sweeping whole planes.
+# A band sums one channel's KH*KW taps in the output's precision; when several channels
+# are summed (C_in_g > 1 going forward, C_out_g > 1 for grad_x), their band sums are added
+# up in double (``acc``), so that long float32 sums stay as accurate as PyTorch's.
+cdef Py_ssize_t DIRECT_BAND = 2048
+
+
+cdef inline void add_band_to(double* acc, floating* band, Py_ssize_t n, bint first) noexcept nogil:
+    """acc[k] (+)= band[k] (= when first) for k < n, then band[k] = 0 for the next channel."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        acc[k] = band[k] if first else acc[k] + band[k]
+        band[k] = 0
+
+
+cdef inline void tap_accumulate(const floating* src, floating* dst, floating w, const Geom* p,
+                                Py_ssize_t u, Py_ssize_t v, bint to_input,
+                                Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """One kernel tap (u, v) between an input plane and an output plane, on the rows
+    [r0, r1) of the plane summed into (``dst``; ``src`` is the plane read):
 
     forward  (to_input False): out[i, j] += w * in[i*S_h - P_top + u*D_h, j*S_w - P_left + v*D_w]
     backward (to_input True):  in[same place] += w * out[i, j]
-    ``src`` is the plane read (in going forward, out going backward) and ``dst``
-    the plane summed into, kept in double so that float32 sums over many taps
-    stay as accurate as a float32 GEMM's.
     """
     cdef Py_ssize_t ih_off = u * p.dilation_h - p.pad_top
     cdef Py_ssize_t iw_off = v * p.dilation_w - p.pad_left
-    cdef Py_ssize_t i, j, i_lo, i_hi, j_lo, j_hi, in_row, out_row
-    valid_range(ih_off, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+    cdef Py_ssize_t i, i_lo, i_hi, j_lo, j_hi, in_row, out_row
+    if to_input:    # outputs i whose input row lands in [r0, r1)
+        valid_range(ih_off - r0, p.stride_h, r1 - r0, p.H_out, &i_lo, &i_hi)
+    else:           # outputs i in [r0, r1) whose input row lands in [0, H)
+        valid_range(ih_off + r0 * p.stride_h, p.stride_h, p.H, r1 - r0, &i_lo, &i_hi)
+        i_lo, i_hi = i_lo + r0, i_hi + r0
     valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+    if j_hi <= j_lo:
+        return
     for i in range(i_lo, i_hi):
-        in_row = (i * p.stride_h + ih_off) * p.W + iw_off
-        out_row = i * p.W_out
+        in_row = (i * p.stride_h + ih_off) * p.W + iw_off + j_lo * p.stride_w
+        out_row = i * p.W_out + j_lo
         if to_input:
-            for j in range(j_lo, j_hi):
-                dst[in_row + j * p.stride_w] += w * src[out_row + j]
+            axpy_row(dst + in_row, p.stride_w, src + out_row, 1, w, j_hi - j_lo)
         else:
-            for j in range(j_lo, j_hi):
-                dst[out_row + j] += w * src[in_row + j * p.stride_w]
+            axpy_row(dst + out_row, 1, src + in_row, p.stride_w, w, j_hi - j_lo)
 
 
 cdef void direct_output_plane(const floating* x_n, const floating* weight, floating b,
                               floating* y_plane, double* acc, const Geom* p,
                               Py_ssize_t o) noexcept nogil:
-    """y_plane = b + sum_{c,u,v} w[o,c,u,v] * x_n[g*C_in_g + c] shifted by tap (u, v),
-    summed in ``acc`` (L doubles)."""
+    """y_plane = b + sum_{c,u,v} w[o,c,u,v] * x_n[g*C_in_g + c] shifted by tap (u, v)."""
     cdef Py_ssize_t g = o // p.C_out_g
-    cdef Py_ssize_t c, u, v, i
-    for i in range(p.L):
-        acc[i] = b
-    for c in range(p.C_in_g):
-        for u in range(p.KH):
-            for v in range(p.KW):
-                tap_accumulate(x_n + (g * p.C_in_g + c) * p.H * p.W, acc,
-                               weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v], p, u, v, False)
-    for i in range(p.L):
-        y_plane[i] = <floating> acc[i]
+    cdef Py_ssize_t band = max(1, DIRECT_BAND // max(p.W_out, 1))
+    cdef Py_ssize_t c, u, v, k, r0, r1, n
+    r0 = 0
+    while r0 < p.H_out:
+        r1 = min(r0 + band, p.H_out)
+        n = (r1 - r0) * p.W_out
+        for k in range(n):
+            y_plane[r0 * p.W_out + k] = b if p.C_in_g == 1 else 0
+        for c in range(p.C_in_g):
+            for u in range(p.KH):
+                for v in range(p.KW):
+                    tap_accumulate(x_n + (g * p.C_in_g + c) * p.H * p.W, y_plane,
+                                   weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v],
+                                   p, u, v, False, r0, r1)
+            if p.C_in_g > 1:
+                add_band_to(acc, y_plane + r0 * p.W_out, n, c == 0)
+        if p.C_in_g > 1:
+            for k in range(n):
+                y_plane[r0 * p.W_out + k] = <floating> (b + acc[k])
+        r0 = r1
 
 
 cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
                                   floating* gx_plane, double* acc, const Geom* p,
                                   Py_ssize_t ci) noexcept nogil:
     """gx_plane[h, w] = sum over outputs o of ci's group and taps (u, v) landing on (h, w)
-    of grad_y[o, i, j] * w[o, c, u, v], summed in ``acc`` (H*W doubles)."""
+    of grad_y[o, i, j] * w[o, c, u, v]."""
     cdef Py_ssize_t g = ci // p.C_in_g
     cdef Py_ssize_t c = ci % p.C_in_g
-    cdef Py_ssize_t o, u, v, i
-    for i in range(p.H * p.W):
-        acc[i] = 0
-    for o in range(g * p.C_out_g, (g + 1) * p.C_out_g):
-        for u in range(p.KH):
-            for v in range(p.KW):
-                tap_accumulate(gy_n + o * p.L, acc,
-                               weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v], p, u, v, True)
-    for i in range(p.H * p.W):
-        gx_plane[i] = <floating> acc[i]
+    cdef Py_ssize_t band = max(1, DIRECT_BAND // p.W)
+    cdef Py_ssize_t o, u, v, k, r0, r1, n
+    r0 = 0
+    while r0 < p.H:
+        r1 = min(r0 + band, p.H)
+        n = (r1 - r0) * p.W
+        zero_row(gx_plane + r0 * p.W, n)
+        for o in range(g * p.C_out_g, (g + 1) * p.C_out_g):
+            for u in range(p.KH):
+                for v in range(p.KW):
+                    tap_accumulate(gy_n + o * p.L, gx_plane,
+                                   weight[((o * p.C_in_g + c) * p.KH + u) * p.KW + v],
+                                   p, u, v, True, r0, r1)
+            if p.C_out_g > 1:
+                add_band_to(acc, gx_plane + r0 * p.W, n, o == g * p.C_out_g)
+        if p.C_out_g > 1:
+            for k in range(n):
+                gx_plane[r0 * p.W + k] = <floating> acc[k]
+        r0 = r1
 
 
 cdef void direct_weight_grad(const floating* grad_out, const floating* x, floating* gw_oc,
-                             const Geom* p, Py_ssize_t o, Py_ssize_t c) noexcept nogil:
-    """gw_oc[u, v] = sum_{n,i,j} grad_y[n, o, i, j] * x[n, g*C_in_g + c, ih, iw] (double sums).
+                             double* acc, const Geom* p, Py_ssize_t o, Py_ssize_t c) noexcept nogil:
+    """gw_oc[u, v] = sum_{n,i,j} grad_y[n, o, i, j] * x[n, g*C_in_g + c, ih, iw].
 
-    Each row's products go into eight partial sums by (j - j_lo) % 8, added up in a fixed
-    order at the end: eight independent chains that the compiler vectorises, where one
-    running sum would wait on every addition in turn."""
+    Sample by sample, so that its two planes stay in cache for all KH*KW taps; a tap's sum
+    over one plane (dot_rows, in the data's precision) is added up over the samples in
+    ``acc`` (KH*KW doubles)."""
     cdef Py_ssize_t g = o // p.C_out_g
-    cdef Py_ssize_t n, u, v, i, j, q, m, ih_off, iw_off, i_lo, i_hi, j_lo, j_hi
-    cdef double part[8]
-    cdef const floating* gy_row
-    cdef const floating* x_row
-    for u in range(p.KH):
-        ih_off = u * p.dilation_h - p.pad_top
-        valid_range(ih_off, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
-        for v in range(p.KW):
-            iw_off = v * p.dilation_w - p.pad_left
-            valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
-            for q in range(8):
-                part[q] = 0
-            m = j_hi - j_lo
-            for n in range(p.N):
-                for i in range(i_lo, i_hi):
-                    gy_row = grad_out + (n * p.C_out + o) * p.L + i * p.W_out + j_lo
-                    x_row = (x + ((n * p.C_in + g * p.C_in_g + c) * p.H
-                                  + i * p.stride_h + ih_off) * p.W + iw_off
-                             + j_lo * p.stride_w)
-                    for j in range(0, m - 7, 8):
-                        for q in range(8):
-                            part[q] += <double> gy_row[j + q] * x_row[(j + q) * p.stride_w]
-                    for j in range(m - m % 8, m):
-                        part[j % 8] += <double> gy_row[j] * x_row[j * p.stride_w]
-            gw_oc[u * p.KW + v] = <floating> (((part[0] + part[1]) + (part[2] + part[3]))
-                                              + ((part[4] + part[5]) + (part[6] + part[7])))
+    cdef Py_ssize_t n, u, v, q, ih_off, iw_off, i_lo, i_hi, j_lo, j_hi
+    cdef const floating* gy_plane
+    cdef const floating* x_plane
+    for q in range(p.KH * p.KW):
+        acc[q] = 0
+    for n in range(p.N):
+        gy_plane = grad_out + (n * p.C_out + o) * p.L
+        x_plane = x + (n * p.C_in + g * p.C_in_g + c) * p.H * p.W
+        for u in range(p.KH):
+            ih_off = u * p.dilation_h - p.pad_top
+            valid_range(ih_off, p.stride_h, p.H, p.H_out, &i_lo, &i_hi)
+            for v in range(p.KW):
+                iw_off = v * p.dilation_w - p.pad_left
+                valid_range(iw_off, p.stride_w, p.W, p.W_out, &j_lo, &j_hi)
+                if i_hi > i_lo and j_hi > j_lo:
+                    acc[u * p.KW + v] += dot_rows(
+                        gy_plane + i_lo * p.W_out + j_lo, p.W_out,
+                        x_plane + (i_lo * p.stride_h + ih_off) * p.W + iw_off + j_lo * p.stride_w,
+                        p.stride_h * p.W, p.stride_w, i_hi - i_lo, j_hi - j_lo)
+    for q in range(p.KH * p.KW):
+        gw_oc[q] = <floating> acc[q]
+
+
+def direct_scratch(spec):
+    """Doubles of scratch per thread of forward_direct/backward_direct: a band of either
+    pass and one grad_weight slice."""
+    cdef Geom p = make_geom(spec)
+    return max(DIRECT_BAND + max(p.W_out, p.W), p.KH * p.KW)
 
 
 def forward_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, bint has_bias,
                    floating[:, :, :, ::1] y,  # OUT
-                   double[:, ::1] work,       # scratch per thread: L doubles
+                   double[:, ::1] work,       # scratch per thread: direct_scratch() doubles
                    spec, int n_threads):
     """The formula's loops; one output plane (n, o) per work item."""
     cdef Geom p = make_geom(spec)
@@ -767,7 +909,7 @@ def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, 
                     const floating[:, :, :, ::1] weight,
                     floating[:, :, :, ::1] grad_x,        # OUT
                     floating[:, :, :, ::1] grad_weight,   # OUT
-                    double[:, ::1] work,                  # scratch per thread: H*W doubles
+                    double[:, ::1] work,                  # scratch per thread: direct_scratch()
                     spec, int n_threads):
     """grad_x: one input plane (n, c_in) per item; grad_w: one (o, c) filter slice per item."""
     cdef Geom p = make_geom(spec)
@@ -781,4 +923,4 @@ def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, 
         o = item // p.C_in_g
         c = item % p.C_in_g
         direct_weight_grad(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &grad_weight[o, c, 0, 0],
-                           &p, o, c)
+                           &work[threadid(), 0], &p, o, c)

@@ -9,14 +9,18 @@ cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t step, Py_ssize_t size
     a pooling window (step = dilation).
     """
     cdef Py_ssize_t a, b
-    if offset >= 0:
-        a = 0
+    if step == 1:               # the common case, without the divisions
+        a = max(-offset, 0)
+        b = max(size - offset, 0)
     else:
-        a = (-offset + step - 1) // step
-    if size - 1 - offset < 0:
-        b = 0
-    else:
-        b = (size - 1 - offset) // step + 1
+        if offset >= 0:
+            a = 0
+        else:
+            a = (-offset + step - 1) // step
+        if size - 1 - offset < 0:
+            b = 0
+        else:
+            b = (size - 1 - offset) // step + 1
     if b > count:
         b = count
     if a > count:

@@ -1,30 +1,38 @@
-"""Which build of the pooling kernels this process uses.
+"""Which builds of the pooling and convolution kernels this process uses.
 
-``_pool_avx2`` is ``_pool.pyx`` compiled a second time with ``-mavx2`` (setup.py, x86-64).
-It is imported only when the CPU and OS support AVX2 -- importing it elsewhere could
-execute an AVX instruction -- and ``CNNX_NO_AVX2`` is not set; otherwise the baseline
-``_pool`` (SSE2 on x86-64) runs.  Both give bit-for-bit the same results.
+``_pool_avx2`` is ``_pool.pyx`` compiled a second time with ``-mavx2``, ``_conv_avx2`` is
+``_conv.pyx`` compiled with ``-mavx2 -mfma`` (setup.py, x86-64).  Each is imported only when
+the CPU and OS support what it was compiled for -- importing it elsewhere could execute an
+AVX instruction -- and ``CNNX_NO_AVX2`` is not set; otherwise the baseline build (SSE2 on
+x86-64) runs.  The pooling builds give bit-for-bit the same results; the convolution builds'
+direct loops differ in rounding only (fused multiply-adds).
 """
 
+import importlib
 import os
 
-from . import _build_info, _pool
+from . import _build_info, _conv, _pool
 
 
 def _flag(name):
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _pick_pool():
+def _pick(baseline, name, cpu_ok):
+    """(module, description) for the kernels of ``baseline``: its build ``name`` when
+    usable."""
     if _flag("CNNX_NO_AVX2"):
-        return _pool, "baseline (CNNX_NO_AVX2 is set)"
-    if not _build_info.cpu_has_avx2():
-        return _pool, "baseline (this CPU has no AVX2)"
+        return baseline, "baseline (CNNX_NO_AVX2 is set)"
+    if not cpu_ok:
+        return baseline, "baseline (this CPU has no AVX2" + ("" if name == "_pool_avx2"
+                                                             else "/FMA") + ")"
     try:
-        from . import _pool_avx2
+        module = importlib.import_module(f".{name}", __package__)
     except ImportError:
-        return _pool, "baseline (built without the AVX2 variant)"
-    return _pool_avx2, "avx2"
+        return baseline, "baseline (built without the AVX2 variant)"
+    return module, "avx2" if name == "_pool_avx2" else "avx2+fma"
 
 
-pool, POOL_VARIANT = _pick_pool()
+pool, POOL_VARIANT = _pick(_pool, "_pool_avx2", _build_info.cpu_has_avx2())
+conv, CONV_VARIANT = _pick(_conv, "_conv_avx2",
+                           _build_info.cpu_has_avx2() and _build_info.cpu_has_fma())

@@ -20,7 +20,8 @@ from typing import Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _activations, _conv, _winograd
+from . import _activations, _winograd
+from ._kernels import conv as _conv  # the AVX2/FMA build of _conv.pyx when the CPU has it
 from ._kernels import pool as _pool  # the AVX2 build of _pool.pyx when the CPU has it
 from ._config import get_num_threads, set_num_threads
 from ._shapes import (
@@ -171,9 +172,15 @@ def _all_finite(a):
 
 
 # Below this many multiply-adds 'auto' picks the direct loops: the GEMM path's fixed
-# costs (workspace, BLAS set-up) dominate there.  Above it im2col + GEMM won every
-# case measured, depthwise and grouped ones included (see the README's bench notes).
+# costs (workspace, BLAS set-up) dominate there.  Above it im2col + GEMM wins, except for
+# depthwise convolutions (one input and one output channel per group) with output rows of
+# at least DEPTHWISE_DIRECT_MIN_W values: a GEMM per channel then has one row, and im2col
+# moves KH*KW times the data that the direct loops read.  Measured on this project's bench
+# machine (float32, fwd+bwd ms, direct vs gemm, 1 thread): 3x3 8x64x56x56 4.4 vs 6.2,
+# 3x3/2 8x128x56x56 8.0 vs 10.7, 5x5 8x64x28x28 3.4 vs 3.6; but 8x512x14x14 4.5 vs 4.4,
+# 8x1024x7x7 5.0 vs 3.5, and a channel multiplier of 2 (8x64x56x56 -> 128) 10.0 vs 7.9.
 DIRECT_MAX_WORK = 1 << 16
+DEPTHWISE_DIRECT_MIN_W = 16
 # 'auto' takes Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with at least
 # WINOGRAD_MIN_CHANNELS input and output channels per group, their product at least
 # WINOGRAD_MIN_CHANNEL_PAIRS, WINOGRAD_MIN_TILES 2x2 output tiles in the batch and
@@ -198,10 +205,17 @@ def _conv_work(spec):
             * (spec.C_in // spec.groups) * spec.KH * spec.KW)
 
 
+def _depthwise_direct_pays(spec):
+    """Whether 'auto' should run this depthwise convolution with the direct loops."""
+    return (spec.groups > 1 and spec.C_in == spec.groups and spec.C_out == spec.groups
+            and spec.W_out >= DEPTHWISE_DIRECT_MIN_W)
+
+
 def _choose_algorithm(algorithm, spec, factor, *others, factor_finite=None):
     """'direct', 'gemm' or 'winograd' for ``algorithm``.
 
-    ``auto`` takes the direct loops for tiny convolutions, and whenever there is
+    ``auto`` takes the direct loops for tiny convolutions, depthwise ones with rows of
+    at least DEPTHWISE_DIRECT_MIN_W outputs, and whenever there is
     padding and ``factor`` (the array multiplied with the padded im2col matrix:
     the weight going forward, grad_out going backward) holds an inf or NaN: the
     GEMM would multiply the padding's zeros by it (0 * inf = NaN) where the
@@ -213,7 +227,7 @@ def _choose_algorithm(algorithm, spec, factor, *others, factor_finite=None):
     """
     if algorithm != "auto":
         return algorithm
-    if _conv_work(spec) < DIRECT_MAX_WORK:
+    if _conv_work(spec) < DIRECT_MAX_WORK or _depthwise_direct_pays(spec):
         return "direct"
     padded = spec.pad_top or spec.pad_left or spec.pad_bottom or spec.pad_right
     if factor_finite is None:
@@ -392,7 +406,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
     work = _conv_work(spec) // _CONV_WORK_SCALE
     if algo == "direct":
         n_threads = _threads_for(work, spec.N * spec.C_out)
-        acc = np.empty((n_threads, max(spec.H_out * spec.W_out, 1)), dtype=np.float64)
+        acc = np.empty((n_threads, _conv.direct_scratch(spec)), dtype=np.float64)
         _conv.forward_direct(x, weight, b, has_bias, y, acc, spec, n_threads)
     elif algo == "winograd":
         _winograd_conv(x, _winograd_weights(weight), b, has_bias, y, spec.groups,
@@ -425,20 +439,22 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     grad_out, x, weight, spec, result = prepare_conv2d_backward(
         grad_out, x, weight, stride, padding, dilation, groups)
     _check_algorithm(algorithm, spec)
-    grad_x = np.zeros(x.shape, dtype=x.dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # inf - inf = NaN, as the kernels
         grad_b = grad_out.sum(axis=(0, 2, 3))
     if spec.N == 0:
+        grad_x = np.zeros(x.shape, dtype=x.dtype)
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
         # grad_b sums every value of grad_out: if its sums are finite, so is grad_out
         algo = _choose_algorithm(algorithm, spec, grad_out, weight, x,
                                  factor_finite=bool(np.isfinite(grad_b).all()))
         work = _conv_work(spec) // _CONV_WORK_SCALE
+        # the direct kernel writes every value of grad_x; the others add into it
+        grad_x = (np.empty if algo == "direct" else np.zeros)(x.shape, dtype=x.dtype)
         if algo == "direct":
             grad_w = np.empty(weight.shape, dtype=x.dtype)
             n_threads = _threads_for(work, spec.N * spec.C_in)
-            acc = np.empty((n_threads, spec.H * spec.W), dtype=np.float64)
+            acc = np.empty((n_threads, _conv.direct_scratch(spec)), dtype=np.float64)
             _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, acc, spec, n_threads)
         elif algo == "winograd":
             _winograd_input_grad(grad_out, weight, grad_x, spec, work)

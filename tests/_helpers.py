@@ -28,8 +28,9 @@ def _pair(draw, h, w):
 
 
 @st.composite
-def conv_configs(draw, allow_empty_batch=True):
-    """Keyword arguments of a valid conv2d call plus shapes and a data seed."""
+def conv_configs(draw, allow_empty_batch=True, max_w=MAX_HW):
+    """Keyword arguments of a valid conv2d call plus shapes and a data seed (width up to
+    ``max_w``: wide rows reach the kernels' vectorised loops)."""
     groups = draw(st.integers(1, 4))
     c_in_per_group = draw(st.integers(1, max(1, 4 // groups)))
     c_out_per_group = draw(st.integers(1, max(1, 4 // groups)))
@@ -50,7 +51,7 @@ def conv_configs(draw, allow_empty_batch=True):
     H_min = max(1, dil[0] * (KH - 1) + 1 - pads_h)
     W_min = max(1, dil[1] * (KW - 1) + 1 - pads_w)
     H = draw(st.integers(H_min, MAX_HW))
-    W = draw(st.integers(W_min, MAX_HW))
+    W = draw(st.integers(W_min, max(W_min, max_w)))
     unbatched = draw(st.booleans())
     N = 1 if unbatched else draw(st.integers(0 if allow_empty_batch else 1, 2))
     x_shape = (C_in, H, W) if unbatched else (N, C_in, H, W)

@@ -1,10 +1,12 @@
 """The two builds of the pooling kernels (``_pool``, and ``_pool_avx2`` = the same source
 compiled with -mavx2, used on AVX2 CPUs) give bit-for-bit the same results, both equal to
-the reference; which build runs is chosen as documented (cnnx/_kernels.py); and importing
-cnnx makes OpenMP and OpenBLAS workers sleep between calls unless the user said otherwise.
+the reference; the two builds of the convolution kernels (``_conv``, and ``_conv_avx2``
+compiled with -mavx2 -mfma) both match the reference, their GEMM paths bit for bit; which
+build runs is chosen as documented (cnnx/_kernels.py); and importing cnnx makes OpenMP and
+OpenBLAS workers sleep between calls unless the user said otherwise.
 
 The rest of the suite runs whichever build this machine picks; here both run, on rows
-wide enough (up to 40 outputs) to go through the vectorised loops and their remainders.
+wide enough (up to 44 values) to go through the vectorised loops and their remainders.
 """
 
 import os
@@ -18,7 +20,7 @@ from numpy.testing import assert_array_equal
 
 import _helpers as H
 import cnnx
-from cnnx import _build_info, _kernels, _pool
+from cnnx import _build_info, _conv, _kernels, _pool
 from cnnx import functional as Fn
 from cnnx import reference as R
 from cnnx.testing import assert_close
@@ -30,26 +32,36 @@ try:
 except ImportError:  # built with CNNX_NO_AVX2 or not on x86-64
     HAS_AVX2 = False
 
+try:
+    HAS_AVX2_FMA = HAS_AVX2 and _build_info.cpu_has_fma()
+    if HAS_AVX2_FMA:
+        from cnnx import _conv_avx2
+except ImportError:
+    HAS_AVX2_FMA = False
+
 VARIANTS = [_pool] + ([_pool_avx2] if HAS_AVX2 else [])
+CONV_VARIANTS = [_conv] + ([_conv_avx2] if HAS_AVX2_FMA else [])
 DTYPES = st.sampled_from([np.float32, np.float64])
 WIDE = 44
 
 
 @contextmanager
 def kernels(module, threads):
-    previous_module, Fn._pool = Fn._pool, module
+    attribute = "_conv" if module in CONV_VARIANTS else "_pool"
+    previous_module = getattr(Fn, attribute)
+    setattr(Fn, attribute, module)
     previous_threads = cnnx.set_num_threads(threads)
     try:
         yield
     finally:
-        Fn._pool = previous_module
+        setattr(Fn, attribute, previous_module)
         cnnx.set_num_threads(previous_threads)
 
 
-def run_all(fn, *args, **kwargs):
+def run_all(fn, *args, variants=VARIANTS, **kwargs):
     """fn's results with each build at 1 and 2 threads: {(module name, threads): results}."""
     out = {}
-    for module in VARIANTS:
+    for module in variants:
         for threads in (1, 2):
             with kernels(module, threads):
                 res = fn(*args, **kwargs)
@@ -70,19 +82,54 @@ def test_the_documented_build_runs():
     assert Fn._pool is expected
     assert _kernels.POOL_VARIANT.startswith("avx2" if expected is not _pool else "baseline")
     assert "pooling kernels" in cnnx.info_dict()
+    expected = _conv_avx2 if HAS_AVX2_FMA and not os.environ.get("CNNX_NO_AVX2") else _conv
+    assert Fn._conv is expected
+    assert _kernels.CONV_VARIANT.startswith("avx2+fma" if expected is not _conv else "baseline")
+    assert "convolution kernels" in cnnx.info_dict()
 
 
 def test_cnnx_no_avx2_forces_the_baseline():
-    code = ("import cnnx.functional as F, cnnx._pool as P, cnnx._kernels as K; "
-            "print(F._pool is P, K.POOL_VARIANT)")
+    code = ("import cnnx.functional as F, cnnx._pool as P, cnnx._conv as C, cnnx._kernels as K; "
+            "print(F._pool is P, F._conv is C, K.POOL_VARIANT, K.CONV_VARIANT)")
     out = H.run_python(code, dict(os.environ, CNNX_NO_AVX2="1"))
-    assert out.startswith("True baseline"), out
+    assert out.startswith("True True baseline"), out
+    assert out.count("baseline (CNNX_NO_AVX2 is set)") == 2, out
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="this CPU or build has no AVX2 variant")
 def test_the_avx2_build_is_a_separate_module():
     assert _pool_avx2 is not _pool
     assert _pool_avx2.max_pool_forward is not _pool.max_pool_forward
+    if HAS_AVX2_FMA:
+        assert _conv_avx2.forward_direct is not _conv.forward_direct
+
+
+@given(cfg=H.conv_configs(max_w=WIDE), dtype=DTYPES, algorithm=st.sampled_from(["direct", "gemm"]))
+def test_conv_builds_agree(cfg, dtype, algorithm):
+    """Both builds match the reference (rows up to 44 wide: the direct loops' vector lanes,
+    masked remainders and scalar tails); the GEMM paths move data and call the same BLAS, so
+    they agree bit for bit at a given thread count."""
+    x, w, b = H.conv_arrays(cfg, dtype)
+    x_before = x.copy()
+    results = run_all(Fn.conv2d, x, w, b, variants=CONV_VARIANTS, algorithm=algorithm,
+                      **cfg["kwargs"])
+    y_ref = R.conv2d(x, w, b, **cfg["kwargs"])
+    for key, (y,) in results.items():
+        assert_close(y, y_ref, err_msg=f"conv2d {algorithm} {key}: ")
+    g = H.normal(np.random.default_rng(cfg["seed"] + 1), y_ref.shape, dtype)
+    grads = run_all(Fn.conv2d_backward, g, x, w, variants=CONV_VARIANTS, algorithm=algorithm,
+                    **cfg["kwargs"])
+    grads_ref = R.conv2d_backward(g, x, w, **cfg["kwargs"])
+    for key, res in grads.items():
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), res, grads_ref):
+            assert_close(r, e, err_msg=f"{name} {algorithm} {key}: ")
+    if algorithm == "gemm":
+        for threads in (1, 2):
+            same = {k: v for k, v in grads.items() if k[1] == threads}
+            assert_all_equal(same, f"conv2d_backward gemm threads={threads}")
+            same = {k: v for k, v in results.items() if k[1] == threads}
+            assert_all_equal(same, f"conv2d gemm threads={threads}")
+    assert_array_equal(x, x_before)
 
 
 @given(cfg=H.pool_configs("max", max_w=WIDE), dtype=DTYPES, data=st.sampled_from(["normal", "ties",

@@ -127,7 +127,11 @@ def test_auto_picks_winograd_only_where_it_pays():
     big = np.ones((512, 512, 3, 3))
     assert pick("auto", _spec((8, 256, 14, 14), (256, 256, 3, 3)), big, x) == "winograd"
     assert pick("auto", _spec((64, 512, 7, 7), big.shape), big, x) == "gemm"  # 16 per sample
-    assert pick("auto", _spec((8, 32, 16, 16), (32, 1, 3, 3), groups=32), w, x) == "gemm"
+    # depthwise: the direct loops when rows are long enough (DEPTHWISE_DIRECT_MIN_W), else GEMM
+    assert pick("auto", _spec((8, 32, 16, 16), (32, 1, 3, 3), groups=32), w, x) == "direct"
+    assert pick("auto", _spec((8, 32, 14, 14), (32, 1, 3, 3), groups=32), w, x) == "gemm"
+    assert pick("auto", _spec((8, 32, 16, 16), (64, 1, 3, 3), groups=32), w, x) == "gemm"
+    assert pick("auto", _spec((8, 32, 16, 16), (32, 2, 3, 3), groups=16), w, x) == "gemm"
     # explicit choices are kept
     assert pick("gemm", _spec(x.shape, w.shape), w, x) == "gemm"
 
