@@ -598,42 +598,63 @@ cdef inline void grad_weight_gemm(const floating* gy, int ld_gy, const floating*
              1, x_mat, ld_x, gy, ld_gy, 1, gw, <int> p.K)
 
 
-cdef void add_transposed(const floating* gwT, floating* gwa, const Geom* p) noexcept nogil:
-    """gwa[go, r] += gwT[group of go][r, go % C_out_g] (gwa: C_out x K, row-major), in
-    32 x 32 blocks: a plain loop reads one of the two with a stride of a whole row, a
-    cache miss per element once the matrices outgrow the cache (512 x 4608: 27 % of the
-    backward pass)."""
-    cdef Py_ssize_t go0, r0, go, r
-    cdef const floating* src
-    for go0 in range(0, p.C_out, 32):
+cdef void sum_thread_rows(const floating* acc, Py_ssize_t n_rows, const unsigned char* used,
+                          floating* gw, const Geom* p, bint transposed,
+                          Py_ssize_t go0, Py_ssize_t go1) noexcept nogil:
+    """gw[go, r] = sum over the used rows t of acc (in order) of acc[t][go, r], or with
+    ``transposed`` of acc[t][group of go][r, go % C_out_g], for go in [go0, go1) (gw: C_out x K,
+    row-major).  In 32 x 32 blocks: read transposed, a plain loop would take a cache miss per
+    value once the matrices outgrow the cache (512 x 4608: 27 % of a backward pass)."""
+    cdef Py_ssize_t w_size = p.C_out * p.K
+    cdef Py_ssize_t b0, r0, go, r, t, first = 0, base, step = p.C_out_g if transposed else 1
+    cdef const floating* row
+    cdef floating* out
+    while first < n_rows and not used[first]:
+        first += 1
+    for b0 in range(go0, go1, 32):
         for r0 in range(0, p.K, 32):
-            for go in range(go0, min(go0 + 32, p.C_out)):
-                src = gwT + (go // p.C_out_g) * p.C_out_g * p.K + go % p.C_out_g
+            for go in range(b0, min(b0 + 32, go1)):
+                # acc[t][go, r] is acc[t][base + r*step]
+                if transposed:
+                    base = (go // p.C_out_g) * p.C_out_g * p.K + go % p.C_out_g
+                else:
+                    base = go * p.K
+                out = gw + go * p.K
+                if first == n_rows:
+                    for r in range(r0, min(r0 + 32, p.K)):
+                        out[r] = 0
+                    continue
+                row = acc + first * w_size + base
                 for r in range(r0, min(r0 + 32, p.K)):
-                    gwa[go * p.K + r] += src[r * p.C_out_g]
+                    out[r] = row[r * step]
+                for t in range(first + 1, n_rows):
+                    if used[t]:
+                        row = acc + t * w_size + base
+                        for r in range(r0, min(r0 + 32, p.K)):
+                            out[r] = out[r] + row[r * step]
 
 
 def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
                   const floating[:, :, :, ::1] weight,
                   floating[:, :, :, ::1] grad_x,  # OUT, zero-filled by the caller
-                  floating[:, ::1] grad_w_acc,    # OUT, zero-filled, one grad_weight per thread
-                  floating[:, ::1] work,          # scratch per thread: col, grad_col, grad_y tile,
-                                                  # transposed grad_weight (functional._gemm_plan)
+                  floating[:, ::1] grad_w,        # OUT, (C_out, K)
+                  floating[:, ::1] grad_w_acc,    # scratch per thread: one grad_weight
+                  floating[:, ::1] work,          # scratch per thread: col, grad_col, grad_y tile
+                                                  # (functional._gemm_plan)
                   spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads,
                   bint gw_transposed=True, bint wide=False):
     """grad_x and per-thread partial grad_weight of conv2d; one (sample block, group) per item.
 
     Row tiles of one sample overlap in grad_x (neighbouring receptive fields),
     so a work item owns whole samples and walks their row tiles in order;
-    each thread accumulates grad_weight in its own row of ``grad_w_acc`` and
-    the caller sums the rows (in thread order: run-to-run deterministic).
+    each thread zeroes its own row of ``grad_w_acc`` and accumulates grad_weight in it;
+    the rows are then summed into ``grad_w`` (in thread order: run-to-run deterministic),
+    by all the threads, each over a block of its rows.
 
     With ``gw_transposed`` grad_weight is accumulated transposed, (K x C_out_g)
-    per group, in the thread's workspace, so that the GEMM has m = C_out_g and
-    n = K: 1.2-1.7x faster than m = K, n = C_out_g when C_out_g fills the BLAS
-    kernel's rows (sgemm 16 x 150 x 200: 139 vs 82 GFLOP/s); each thread adds
-    the transpose to its row at the end.  Otherwise it goes straight into the
-    row (m = K).
+    per group, so that the GEMM has m = C_out_g and n = K: 1.2-1.7x faster than
+    m = K, n = C_out_g when C_out_g fills the BLAS kernel's rows (sgemm 16 x 150 x 200:
+    139 vs 82 GFLOP/s); the sum transposes it back.  Otherwise m = K.
 
     ``wide`` (stride 1 only; the caller checked that the weight is finite):
     col, grad_y and grad_col in the wide layout of im2col_wide_tile, with the
@@ -660,19 +681,19 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     cdef int ld_x, ld_gy
     cdef Py_ssize_t gy_size = p.C_out_g * nb * rows_per_tile * width
     cdef Py_ssize_t w_size = p.C_out * p.K
-    cdef Py_ssize_t tid, r, go
-    cdef floating* gwT
-    cdef floating* gwa
+    cdef Py_ssize_t tid, blk, n_rows = grad_w_acc.shape[0]
+    # which rows of grad_w_acc a thread zeroed and summed into (OpenMP may run fewer threads)
+    cdef unsigned char[::1] used = bytearray(max(n_rows, 1))
     if n_items == 0:
+        grad_w[:, :] = 0
         return
-    tid = r = go = 0   # (assigned in the parallel block; initialised for the compiler)
-    gwT = gwa = NULL
+    tid = 0   # (assigned in the parallel block; initialised for the compiler)
     # static schedule: which thread sums which items (and so the rounding of
     # grad_weight) is the same on every call, as in PyTorch
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
-        gwT = &work[tid, 0] + 2 * tile_size + gy_size
-        memset(gwT, 0, w_size * sizeof(floating))
+        used[tid] = 1
+        memset(&grad_w_acc[tid, 0], 0, w_size * sizeof(floating))
         for item in prange(n_items, schedule="static"):
             col = &work[threadid(), 0]
             gcol = col + tile_size
@@ -680,10 +701,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
             g = item % p.groups
             n0 = (item // p.groups) * nb
             n1 = min(n0 + nb, p.N)
-            if gw_transposed:
-                gw = &work[threadid(), 0] + 2 * tile_size + gy_size + g * p.C_out_g * p.K
-            else:
-                gw = &grad_w_acc[threadid(), 0] + g * p.C_out_g * p.K
+            gw = &grad_w_acc[threadid(), 0] + g * p.C_out_g * p.K
             w_g = &weight[g * p.C_out_g, 0, 0, 0]
             for t in range(n_tiles):
                 oh0 = t * rows_per_tile
@@ -695,7 +713,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                         gather_grad_y_wide(&grad_out[n0 + s, g * p.C_out_g, 0, 0],
                                            gy_t + s * L_tile, ld, &p, oh0, oh1)
                         im2col_wide_tile(&x[n0 + s, g * p.C_in_g, 0, 0], col + s * L_tile, ld,
-                                         &p, oh0, oh1, gy_t + gy_size + w_size)
+                                         &p, oh0, oh1, gy_t + gy_size)
                         zero_wide_gaps(col + s * L_tile, ld, p.K, &p, oh1 - oh0)
                     gy = gy_t
                     ld_gy = <int> ld
@@ -707,7 +725,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                     for s in range(n1 - n0):
                         col2im_wide_tile(gcol + s * L_tile, ld,
                                          &grad_x[n0 + s, g * p.C_in_g, 0, 0], &p, oh0, oh1,
-                                         gy_t + gy_size + w_size)
+                                         gy_t + gy_size)
                     continue
                 L_tile = (oh1 - oh0) * p.W_out
                 ld = (n1 - n0) * L_tile
@@ -742,9 +760,9 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                     for s in range(n1 - n0):
                         col2im_tile(gcol + s * L_tile, ld, &grad_x[n0 + s, g * p.C_in_g, 0, 0],
                                     &p, oh0, oh1)
-        # this thread's grad_weight, transposed back, into its row
-        if gw_transposed:
-            add_transposed(gwT, &grad_w_acc[tid, 0], &p)
+    for blk in prange((p.C_out + 31) // 32, nogil=True, schedule="static", num_threads=n_threads):
+        sum_thread_rows(&grad_w_acc[0, 0], n_rows, &used[0], &grad_w[0, 0], &p, gw_transposed,
+                        blk * 32, min(blk * 32 + 32, p.C_out))
 
 
 # ---------------------------------------------------------------------------

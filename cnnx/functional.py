@@ -306,8 +306,8 @@ def _gemm_plan(spec, backward, wide=False):
             f"x shape {spec.in_shape} and weight shape ({spec.C_out}, {C_in_g}, {spec.KH}, "
             f"{spec.KW}); use algorithm='direct'"
         )
-    if backward:   # col, grad_col, a grad_y tile and a (transposed) grad_weight
-        size = 2 * K * columns + C_out_g * columns + spec.C_out * K
+    if backward:   # col, grad_col and a grad_y tile
+        size = 2 * K * columns + C_out_g * columns
     else:          # col and an output tile
         size = K * columns + C_out_g * columns
     if wide:       # + one padded input plane band (stride > 1: its S_h*S_w polyphase planes)
@@ -464,13 +464,12 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             samples, rows, ws = _gemm_plan(spec, backward=True, wide=wide)
             n_threads = _threads_for(work, -(-spec.N // samples) * spec.groups)
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
-            acc = np.zeros((n_threads, weight.size), dtype=x.dtype)
+            acc = np.empty((n_threads, weight.size), dtype=x.dtype)
+            grad_w = np.empty(weight.shape, dtype=x.dtype)
             with _blas_threads(1 if n_threads > 1 else get_num_threads()):
-                _conv.backward_gemm(grad_out, x, weight, grad_x, acc, scratch, spec, samples,
+                _conv.backward_gemm(grad_out, x, weight, grad_x,
+                                    grad_w.reshape(spec.C_out, -1), acc, scratch, spec, samples,
                                     rows, n_threads, _gemm_gw_transposed(spec), wide)
-            with np.errstate(over="ignore", invalid="ignore"):
-                grad_w = acc.sum(axis=0) if n_threads > 1 else acc
-            grad_w = grad_w.reshape(weight.shape)
     return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
             _finish(grad_b, result))
 
