@@ -256,58 +256,93 @@ cdef void grad_out_transform(const floating* pairs, Py_ssize_t T, floating* tmp,
             row[t] = -q[t]
 
 
-def weight_grad_transform(const floating[:, :, ::1] dU,     # (16, C_out, C_in_g)
-                          floating[:, :, :, ::1] grad_w):   # OUT (C_out, C_in_g, 3, 3)
-    """grad_w[o, c] = G^T dU[:, o, c] G, the transpose of weight_transform: G^T's rows
-    combine d0..d3 into d0 + (d1 + d2)/2, (d1 - d2)/2, (d1 + d2)/2 + d3."""
-    cdef Py_ssize_t C_out = grad_w.shape[0], C_in_g = grad_w.shape[1], o, c, a, k
+cdef enum:
+    RUN = 32    # kernels transformed per run: their 16 values each staged (see transform_run)
+
+
+cdef inline void grad_transform_run(const floating[:, :, ::1] dU, floating[:, :, :, ::1] grad_w,
+                                    Py_ssize_t o, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """grad_w[o, c] for c in [c0, c1) (c1 - c0 <= RUN), each of the 16 planes of dU read one
+    contiguous run at a time into ``d`` (see transform_run)."""
     cdef floating t[3][4]
+    cdef floating d[16][RUN]
     cdef floating d0, d1, d2, d3
-    for o in range(C_out):
-        for c in range(C_in_g):
-            for a in range(4):  # G^T dU: column a
-                d0 = dU[a, o, c]
-                d1 = dU[4 + a, o, c]
-                d2 = dU[8 + a, o, c]
-                d3 = dU[12 + a, o, c]
-                t[0][a] = d0 + (d1 + d2) / 2
-                t[1][a] = (d1 - d2) / 2
-                t[2][a] = (d1 + d2) / 2 + d3
-            for k in range(3):  # (G^T dU) G: row k
-                d0 = t[k][0]
-                d1 = t[k][1]
-                d2 = t[k][2]
-                d3 = t[k][3]
-                grad_w[o, c, k, 0] = d0 + (d1 + d2) / 2
-                grad_w[o, c, k, 1] = (d1 - d2) / 2
-                grad_w[o, c, k, 2] = (d1 + d2) / 2 + d3
+    cdef Py_ssize_t a, k, c, xi
+    for xi in range(16):
+        for c in range(c0, c1):
+            d[xi][c - c0] = dU[xi, o, c]
+    for c in range(c1 - c0):
+        for a in range(4):  # G^T dU: column a
+            d0 = d[a][c]
+            d1 = d[4 + a][c]
+            d2 = d[8 + a][c]
+            d3 = d[12 + a][c]
+            t[0][a] = d0 + (d1 + d2) / 2
+            t[1][a] = (d1 - d2) / 2
+            t[2][a] = (d1 + d2) / 2 + d3
+        for k in range(3):  # (G^T dU) G: row k
+            d0 = t[k][0]
+            d1 = t[k][1]
+            d2 = t[k][2]
+            d3 = t[k][3]
+            grad_w[o, c0 + c, k, 0] = d0 + (d1 + d2) / 2
+            grad_w[o, c0 + c, k, 1] = (d1 - d2) / 2
+            grad_w[o, c0 + c, k, 2] = (d1 + d2) / 2 + d3
+
+
+def weight_grad_transform(const floating[:, :, ::1] dU,     # (16, C_out, C_in_g)
+                          floating[:, :, :, ::1] grad_w,    # OUT (C_out, C_in_g, 3, 3)
+                          int n_threads=1):
+    """grad_w[o, c] = G^T dU[:, o, c] G, the transpose of weight_transform: G^T's rows
+    combine d0..d3 into d0 + (d1 + d2)/2, (d1 - d2)/2, (d1 + d2)/2 + d3.  Output channels
+    split over ``n_threads``."""
+    cdef Py_ssize_t C_out = grad_w.shape[0], C_in_g = grad_w.shape[1], o, r
+    for o in prange(C_out, nogil=True, schedule="static", num_threads=n_threads):
+        for r in range((C_in_g + RUN - 1) // RUN):
+            grad_transform_run(dU, grad_w, o, r * RUN, min(r * RUN + RUN, C_in_g))
+
+
+cdef inline void transform_run(const floating[:, :, :, :] w, floating[:, :, ::1] U,
+                               Py_ssize_t o, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """U[:, o, c] for c in [c0, c1) (c1 - c0 <= RUN), staged in ``out`` so that each of the
+    16 planes of U -- a power of two apart for power-of-two channel counts, the same cache
+    sets -- is written one contiguous run at a time."""
+    cdef floating t[4][3]
+    cdef floating out[16][RUN]
+    cdef floating g0, g1, g2
+    cdef Py_ssize_t a, k, c, xi
+    for c in range(c0, c1):
+        for k in range(3):  # G w: column k
+            g0 = w[o, c, 0, k]
+            g1 = w[o, c, 1, k]
+            g2 = w[o, c, 2, k]
+            t[0][k] = g0
+            t[1][k] = (g0 + g1 + g2) / 2
+            t[2][k] = (g0 - g1 + g2) / 2
+            t[3][k] = g2
+        for a in range(4):  # (G w) G^T: row a
+            g0 = t[a][0]
+            g1 = t[a][1]
+            g2 = t[a][2]
+            out[4 * a + 0][c - c0] = g0
+            out[4 * a + 1][c - c0] = (g0 + g1 + g2) / 2
+            out[4 * a + 2][c - c0] = (g0 - g1 + g2) / 2
+            out[4 * a + 3][c - c0] = g2
+    for xi in range(16):
+        for c in range(c0, c1):
+            U[xi, o, c] = out[xi][c - c0]
 
 
 def weight_transform(const floating[:, :, :, :] w,  # (C_out, C_in_g, 3, 3), any strides
-                     floating[:, :, ::1] U):          # OUT (16, C_out, C_in_g)
+                     floating[:, :, ::1] U,          # OUT (16, C_out, C_in_g)
+                     int n_threads=1):
     """U[xi, o, c] = (G w[o, c] G^T)[xi]; G's rows combine a kernel row (or column)
-    g0, g1, g2 into g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2."""
-    cdef Py_ssize_t C_out = w.shape[0], C_in_g = w.shape[1], o, c, a, k
-    cdef floating t[4][3]
-    cdef floating g0, g1, g2
-    for o in range(C_out):
-        for c in range(C_in_g):
-            for k in range(3):  # G w: column k
-                g0 = w[o, c, 0, k]
-                g1 = w[o, c, 1, k]
-                g2 = w[o, c, 2, k]
-                t[0][k] = g0
-                t[1][k] = (g0 + g1 + g2) / 2
-                t[2][k] = (g0 - g1 + g2) / 2
-                t[3][k] = g2
-            for a in range(4):  # (G w) G^T: row a
-                g0 = t[a][0]
-                g1 = t[a][1]
-                g2 = t[a][2]
-                U[4 * a + 0, o, c] = g0
-                U[4 * a + 1, o, c] = (g0 + g1 + g2) / 2
-                U[4 * a + 2, o, c] = (g0 - g1 + g2) / 2
-                U[4 * a + 3, o, c] = g2
+    g0, g1, g2 into g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2.  Output channels split
+    over ``n_threads``."""
+    cdef Py_ssize_t C_out = w.shape[0], C_in_g = w.shape[1], o, r
+    for o in prange(C_out, nogil=True, schedule="static", num_threads=n_threads):
+        for r in range((C_in_g + RUN - 1) // RUN):
+            transform_run(w, U, o, r * RUN, min(r * RUN + RUN, C_in_g))
 
 
 # The 16 matrices V[xi] (and M[xi]) sit this many values more than C*T apart: a transform

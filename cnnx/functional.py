@@ -326,7 +326,7 @@ def _gemm_plan(spec, backward, wide=False):
 def _winograd_weights(weight):
     """The kernels in Winograd form: (16, C_out, C_in_g), see cnnx/_winograd.pyx."""
     U = np.empty((16, weight.shape[0], weight.shape[1]), dtype=weight.dtype)
-    _winograd.weight_transform(weight, U)
+    _winograd.weight_transform(weight, U, _threads_for(U.size, weight.shape[0]))
     return U
 
 
@@ -363,7 +363,8 @@ def _winograd_weight_grad(grad_out, x, spec, work):
     with np.errstate(over="ignore", invalid="ignore"):
         dU = acc.sum(axis=0) if n_threads > 1 else acc[0]
     grad_w = np.empty((C_out, C_in_g, 3, 3), dtype=x.dtype)
-    _winograd.weight_grad_transform(dU.reshape(16, C_out, C_in_g), grad_w)
+    _winograd.weight_grad_transform(dU.reshape(16, C_out, C_in_g), grad_w,
+                                    _threads_for(dU.size, C_out))
     return grad_w
 
 
