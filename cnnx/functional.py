@@ -295,7 +295,7 @@ def _gemm_gw_transposed(spec):
             and spec.C_out * K <= GW_TRANSPOSED_MAX)
 
 
-def _gemm_plan(spec, backward, wide=False):
+def _gemm_plan(spec, backward, wide=False, threads=1):
     """(samples per tile, rows per tile, per-thread workspace size) for the GEMM path.
 
     The workspace is bounded (about TILE_ELEMENTS values per matrix), never an
@@ -304,7 +304,7 @@ def _gemm_plan(spec, backward, wide=False):
     C_in_g = spec.C_in // spec.groups
     C_out_g = spec.C_out // spec.groups
     K = C_in_g * spec.KH * spec.KW
-    samples, rows = _conv.gemm_tiling(spec, TILE_ELEMENTS, TILE_MIN_COLUMNS, wide)
+    samples, rows = _conv.gemm_tiling(spec, TILE_ELEMENTS, TILE_MIN_COLUMNS, wide, threads)
     width = _wide_width(spec) if wide else spec.W_out
     columns = samples * rows * width
     if max(K, C_out_g, spec.H_out * spec.W_out, K * columns, C_out_g * columns) > BLAS_INT_MAX:
@@ -421,7 +421,8 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
                        spec.pad_top, spec.pad_left, work)
     else:
         wide = _gemm_wide(spec)
-        samples, rows, ws = _gemm_plan(spec, backward=False, wide=wide)
+        samples, rows, ws = _gemm_plan(spec, backward=False, wide=wide,
+                                       threads=_threads_for(work, spec.N))
         n_items = -(-spec.N // samples) * spec.groups * -(-spec.H_out // rows)
         n_threads = _threads_for(work, n_items)
         scratch = np.empty((n_threads, ws), dtype=x.dtype)
@@ -469,7 +470,8 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             grad_w = _winograd_weight_grad(grad_out, x, spec, work)
         else:
             wide = _gemm_wide_backward(spec, weight)
-            samples, rows, ws = _gemm_plan(spec, backward=True, wide=wide)
+            samples, rows, ws = _gemm_plan(spec, backward=True, wide=wide,
+                                           threads=_threads_for(work, spec.N))
             n_threads = _threads_for(work, -(-spec.N // samples) * spec.groups)
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
             acc = np.empty((n_threads, weight.size), dtype=x.dtype)
