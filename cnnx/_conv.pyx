@@ -464,14 +464,14 @@ cdef void col2im_wide_tile(const floating* col, Py_ssize_t ld, floating* gx_g, c
 
 
 def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns, bint wide=False,
-                Py_ssize_t n_threads=1):
+                Py_ssize_t tile_multiple=1):
     """(samples per tile, output rows per tile) for the im2col tiles.
 
     A tile has about ``max(min_columns, max_elems / K)`` columns: wide enough
     for an efficient GEMM, small enough to stay in cache.  When one image has
     fewer than ``min_columns`` columns, a tile holds several whole images (a
     GEMM over one small image is too thin to run fast), in a multiple of
-    ``n_threads`` tiles when there are enough images (so that no thread idles
+    ``tile_multiple`` tiles when there are enough images (so that no thread idles
     while another finishes); otherwise it is a band of rows of one image (also
     when a whole image would fit: gathering several images of >= min_columns
     columns measured slower, e.g. x (64,3,32,32) k3 s2: 4 images per tile 0.31 ms
@@ -487,8 +487,7 @@ def gemm_tiling(spec, Py_ssize_t max_elems, Py_ssize_t min_columns, bint wide=Fa
         # as many tiles, the samples spread evenly over them (8 samples: 4 + 4, not 5 + 3,
         # which left one of two threads idle for a quarter of the call)
         n_tiles = (p.N + nb - 1) // nb
-        if n_threads > 1:
-            n_tiles = min(p.N, (n_tiles + n_threads - 1) // n_threads * n_threads)
+        n_tiles = min(p.N, (n_tiles + tile_multiple - 1) // tile_multiple * tile_multiple)
         return (p.N + n_tiles - 1) // n_tiles, p.H_out
     return 1, max(1, min(columns // width, p.H_out))
 
