@@ -49,7 +49,7 @@ def omp_max_threads():
 
 def cpu_has_avx2():
     """Whether this CPU (and OS) can run AVX2 code: decides whether cnnx uses the
-    kernels built with -mavx2 (``_pool_avx2``)."""
+    kernels built with -mavx2 (``_pool_avx2``; ``_conv_avx2`` needs FMA as well)."""
     return bool(cnnx_cpu_has_avx2())
 
 

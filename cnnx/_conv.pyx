@@ -817,6 +817,28 @@ cdef inline void tap_accumulate(const floating* src, floating* dst, floating w, 
             axpy_row(dst + out_row, 1, src + in_row, p.stride_w, w, j_hi - j_lo)
 
 
+cdef enum:
+    PADDED_MAX_SPAN = 64    # correlate_padded: kernels spanning at most this many rows and
+    PADDED_MAX_W = 4096     # columns (D*(K-1)), planes at most this wide (bounded scratch)
+
+
+cdef inline bint padded_fits(const Geom* p) noexcept nogil:
+    """Whether correlate_padded may run this convolution: stride 1, and a padded band's
+    scratch (direct_scratch) small whatever the dilation."""
+    return (p.stride_h == 1 and p.stride_w == 1
+            and p.KH - 1 <= PADDED_MAX_SPAN // p.dilation_h
+            and p.KW - 1 <= PADDED_MAX_SPAN // p.dilation_w
+            and p.W <= PADDED_MAX_W and p.W_out <= PADDED_MAX_W)
+
+
+cdef bint all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        if not (a[k] - a[k] == 0):     # inf - inf and NaN - NaN are NaN
+            return False
+    return True
+
+
 cdef void direct_output_plane(const floating* x_n, const floating* weight, floating b,
                               floating* y_plane, double* acc, const Geom* p,
                               Py_ssize_t o) noexcept nogil:
@@ -824,6 +846,11 @@ cdef void direct_output_plane(const floating* x_n, const floating* weight, float
     cdef Py_ssize_t g = o // p.C_out_g
     cdef Py_ssize_t band = max(1, DIRECT_BAND // max(p.W_out, 1))
     cdef Py_ssize_t c, u, v, k, r0, r1, n
+    if padded_fits(p) and all_finite(weight + o * p.K, p.K):
+        correlate_padded(x_n + g * p.C_in_g * p.H * p.W, p.C_in_g, p.H, p.W,
+                         weight + o * p.K, p.KH * p.KW, False, b, y_plane, p.H_out, p.W_out,
+                         p.pad_top, p.pad_left, acc, p)
+        return
     r0 = 0
     while r0 < p.H_out:
         r1 = min(r0 + band, p.H_out)
@@ -844,6 +871,64 @@ cdef void direct_output_plane(const floating* x_n, const floating* weight, float
         r0 = r1
 
 
+cdef void correlate_padded(const floating* src, Py_ssize_t n_src, Py_ssize_t H_src,
+                           Py_ssize_t W_src, const floating* w, Py_ssize_t w_step, bint flip,
+                           floating b, floating* dst, Py_ssize_t H_dst, Py_ssize_t W_dst,
+                           Py_ssize_t pad_top, Py_ssize_t pad_left, double* work,
+                           const Geom* p) noexcept nogil:
+    """dst[i, j] = b + sum_{c < n_src, u, v} w[c*w_step + tap] * src[c, i - pad_top + u*D_h,
+    j - pad_left + v*D_w] (stride 1; tap = u*KW + v, or the flipped (KH-1-u)*KW + KW-1-v),
+    source values outside the plane taken as zeros -- which add w * 0 = 0 for finite w.
+
+    Each source plane's band of rows is copied into ``xpad`` with its zero padding (rows of
+    Wp = W_dst + D_w*(KW-1) columns), so that every tap is one contiguous run over the
+    whole band (into ``ywide``, rows of Wp values, the last Wp - W_dst of each not outputs)
+    instead of one short run per row.  Channels summed in double when n_src > 1.
+    The caller keeps the column padding non-negative: pad_left >= 0 and
+    Wp - pad_left - W_src >= 0."""
+    cdef Py_ssize_t Wp = W_dst + p.dilation_w * (p.KW - 1)
+    cdef Py_ssize_t band = max(1, DIRECT_BAND // Wp)
+    cdef Py_ssize_t halo = p.dilation_h * (p.KH - 1)
+    cdef double* acc = work
+    cdef floating* ywide = <floating*> (work + band * Wp)
+    cdef floating* xpad = <floating*> (work + 2 * band * Wp)
+    cdef const floating* x_c
+    cdef floating* row
+    cdef Py_ssize_t c, u, v, k, r0, r1, rows, rr, ih, j, tap
+    cdef Py_ssize_t right = Wp - pad_left - W_src
+    r0 = 0
+    while r0 < H_dst:
+        r1 = min(r0 + band, H_dst)
+        rows = r1 - r0
+        for k in range(rows * Wp):
+            ywide[k] = b if n_src == 1 else 0
+        for c in range(n_src):
+            x_c = src + c * H_src * W_src
+            for rr in range(rows + halo):
+                ih = r0 + rr - pad_top
+                row = xpad + rr * Wp
+                if 0 <= ih < H_src:
+                    zero_row(row, pad_left)
+                    copy_row(row + pad_left, x_c + ih * W_src, W_src, 1)
+                    zero_row(row + pad_left + W_src, right)
+                else:
+                    zero_row(row, Wp)
+            for u in range(p.KH):
+                for v in range(p.KW):
+                    tap = (p.KH * p.KW - 1 - u * p.KW - v) if flip else u * p.KW + v
+                    axpy_row(ywide, 1, xpad + u * p.dilation_h * Wp + v * p.dilation_w, 1,
+                             w[c * w_step + tap], (rows - 1) * Wp + W_dst)
+            if n_src > 1:
+                add_band_to(acc, ywide, rows * Wp, c == 0)
+        for rr in range(rows):
+            for j in range(W_dst):
+                if n_src == 1:
+                    dst[(r0 + rr) * W_dst + j] = ywide[rr * Wp + j]
+                else:
+                    dst[(r0 + rr) * W_dst + j] = <floating> (b + acc[rr * Wp + j])
+        r0 = r1
+
+
 cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
                                   floating* gx_plane, double* acc, const Geom* p,
                                   Py_ssize_t ci) noexcept nogil:
@@ -852,7 +937,17 @@ cdef void direct_input_grad_plane(const floating* gy_n, const floating* weight,
     cdef Py_ssize_t g = ci // p.C_in_g
     cdef Py_ssize_t c = ci % p.C_in_g
     cdef Py_ssize_t band = max(1, DIRECT_BAND // p.W)
-    cdef Py_ssize_t o, u, v, k, r0, r1, n
+    cdef Py_ssize_t o, u, v, k, r0, r1, n, K_g = p.C_out_g * p.K
+    # stride 1: the convolution of grad_y with the kernels flipped (and in <-> out
+    # transposed), padded by D*(K-1) - P, when the group's kernels are finite and that
+    # padding is not negative on the left or right (P_left, P_right <= D_w*(KW-1))
+    if (padded_fits(p) and p.pad_left <= p.dilation_w * (p.KW - 1)
+            and p.W + p.pad_left >= p.W_out and all_finite(weight + g * K_g, K_g)):
+        correlate_padded(gy_n + g * p.C_out_g * p.L, p.C_out_g, p.H_out, p.W_out,
+                         weight + g * K_g + c * p.KH * p.KW, p.K, True, 0, gx_plane, p.H, p.W,
+                         p.dilation_h * (p.KH - 1) - p.pad_top,
+                         p.dilation_w * (p.KW - 1) - p.pad_left, acc, p)
+        return
     r0 = 0
     while r0 < p.H:
         r1 = min(r0 + band, p.H)
@@ -905,9 +1000,14 @@ cdef void direct_weight_grad(const floating* grad_out, const floating* x, floati
 
 def direct_scratch(spec):
     """Doubles of scratch per thread of forward_direct/backward_direct: a band of either
-    pass and one grad_weight slice."""
+    pass (correlate_padded's three) and one grad_weight slice."""
     cdef Geom p = make_geom(spec)
-    return max(DIRECT_BAND + max(p.W_out, p.W), p.KH * p.KW)
+    cdef Py_ssize_t Wp, band, padded = 0
+    if padded_fits(&p):     # acc, ywide, xpad
+        Wp = max(p.W_out, p.W) + p.dilation_w * (p.KW - 1)
+        band = max(1, DIRECT_BAND // Wp)
+        padded = (3 * band + p.dilation_h * (p.KH - 1)) * Wp
+    return max(DIRECT_BAND + max(p.W_out, p.W), p.KH * p.KW, padded)
 
 
 def forward_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,

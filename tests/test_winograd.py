@@ -129,7 +129,8 @@ def test_auto_picks_winograd_only_where_it_pays():
     assert pick("auto", _spec((64, 512, 7, 7), big.shape), big, x) == "gemm"  # 16 per sample
     # depthwise: the direct loops when rows are long enough (DEPTHWISE_DIRECT_MIN_W), else GEMM
     assert pick("auto", _spec((8, 32, 16, 16), (32, 1, 3, 3), groups=32), w, x) == "direct"
-    assert pick("auto", _spec((8, 32, 14, 14), (32, 1, 3, 3), groups=32), w, x) == "gemm"
+    assert pick("auto", _spec((8, 32, 10, 10), (32, 1, 3, 3), groups=32), w, x) == "direct"
+    assert pick("auto", _spec((8, 32, 9, 9), (32, 1, 3, 3), groups=32), w, x) == "gemm"
     assert pick("auto", _spec((8, 32, 16, 16), (64, 1, 3, 3), groups=32), w, x) == "gemm"
     assert pick("auto", _spec((8, 32, 16, 16), (32, 2, 3, 3), groups=16), w, x) == "gemm"
     # explicit choices are kept
