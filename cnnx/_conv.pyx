@@ -831,6 +831,16 @@ cdef inline bint padded_fits(const Geom* p) noexcept nogil:
             and p.W <= PADDED_MAX_W and p.W_out <= PADDED_MAX_W)
 
 
+cdef inline Py_ssize_t padded_band(Py_ssize_t Wp) noexcept nogil:
+    """Rows per band of the padded kernels, for rows of Wp values."""
+    return max(1, DIRECT_BAND // Wp)
+
+
+cdef inline Py_ssize_t padded_scratch(const Geom* p, Py_ssize_t Wp) noexcept nogil:
+    """Doubles that correlate_padded (acc, ywide, xpad) uses with rows of Wp values."""
+    return (3 * padded_band(Wp) + p.dilation_h * (p.KH - 1)) * Wp
+
+
 cdef bint all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t k
     for k in range(n):
@@ -871,6 +881,24 @@ cdef void direct_output_plane(const floating* x_n, const floating* weight, float
         r0 = r1
 
 
+cdef void copy_padded_rows(const floating* plane, Py_ssize_t H, Py_ssize_t W, floating* xpad,
+                           Py_ssize_t Wp, Py_ssize_t h0, Py_ssize_t n_rows,
+                           Py_ssize_t pad_left) noexcept nogil:
+    """xpad row r (Wp values) = plane row h0 + r placed at column pad_left, zeros around it
+    (all zeros for rows outside [0, H)); pad_left >= 0 and Wp >= pad_left + W."""
+    cdef Py_ssize_t r, h
+    cdef floating* row
+    for r in range(n_rows):
+        h = h0 + r
+        row = xpad + r * Wp
+        if 0 <= h < H:
+            zero_row(row, pad_left)
+            copy_row(row + pad_left, plane + h * W, W, 1)
+            zero_row(row + pad_left + W, Wp - pad_left - W)
+        else:
+            zero_row(row, Wp)
+
+
 cdef void correlate_padded(const floating* src, Py_ssize_t n_src, Py_ssize_t H_src,
                            Py_ssize_t W_src, const floating* w, Py_ssize_t w_step, bint flip,
                            floating b, floating* dst, Py_ssize_t H_dst, Py_ssize_t W_dst,
@@ -887,15 +915,12 @@ cdef void correlate_padded(const floating* src, Py_ssize_t n_src, Py_ssize_t H_s
     The caller keeps the column padding non-negative: pad_left >= 0 and
     Wp - pad_left - W_src >= 0."""
     cdef Py_ssize_t Wp = W_dst + p.dilation_w * (p.KW - 1)
-    cdef Py_ssize_t band = max(1, DIRECT_BAND // Wp)
+    cdef Py_ssize_t band = padded_band(Wp)
     cdef Py_ssize_t halo = p.dilation_h * (p.KH - 1)
     cdef double* acc = work
     cdef floating* ywide = <floating*> (work + band * Wp)
     cdef floating* xpad = <floating*> (work + 2 * band * Wp)
-    cdef const floating* x_c
-    cdef floating* row
-    cdef Py_ssize_t c, u, v, k, r0, r1, rows, rr, ih, j, tap
-    cdef Py_ssize_t right = Wp - pad_left - W_src
+    cdef Py_ssize_t c, u, v, k, r0, r1, rows, rr, j, tap
     r0 = 0
     while r0 < H_dst:
         r1 = min(r0 + band, H_dst)
@@ -903,16 +928,8 @@ cdef void correlate_padded(const floating* src, Py_ssize_t n_src, Py_ssize_t H_s
         for k in range(rows * Wp):
             ywide[k] = b if n_src == 1 else 0
         for c in range(n_src):
-            x_c = src + c * H_src * W_src
-            for rr in range(rows + halo):
-                ih = r0 + rr - pad_top
-                row = xpad + rr * Wp
-                if 0 <= ih < H_src:
-                    zero_row(row, pad_left)
-                    copy_row(row + pad_left, x_c + ih * W_src, W_src, 1)
-                    zero_row(row + pad_left + W_src, right)
-                else:
-                    zero_row(row, Wp)
+            copy_padded_rows(src + c * H_src * W_src, H_src, W_src, xpad, Wp, r0 - pad_top,
+                             rows + halo, pad_left)
             for u in range(p.KH):
                 for v in range(p.KW):
                     tap = (p.KH * p.KW - 1 - u * p.KW - v) if flip else u * p.KW + v
@@ -1002,11 +1019,10 @@ def direct_scratch(spec):
     """Doubles of scratch per thread of forward_direct/backward_direct: a band of either
     pass (correlate_padded's three) and one grad_weight slice."""
     cdef Geom p = make_geom(spec)
-    cdef Py_ssize_t Wp, band, padded = 0
-    if padded_fits(&p):     # acc, ywide, xpad
-        Wp = max(p.W_out, p.W) + p.dilation_w * (p.KW - 1)
-        band = max(1, DIRECT_BAND // Wp)
-        padded = (3 * band + p.dilation_h * (p.KH - 1)) * Wp
+    cdef Py_ssize_t padded = 0
+    if padded_fits(&p):     # the forward's and grad_x's padded widths
+        padded = max(padded_scratch(&p, p.W_out + p.dilation_w * (p.KW - 1)),
+                     padded_scratch(&p, p.W + p.dilation_w * (p.KW - 1)))
     return max(DIRECT_BAND + max(p.W_out, p.W), p.KH * p.KW, padded)
 
 

@@ -194,3 +194,41 @@ def test_avg_pool_whole_row_windows(shape, kwargs, dtype):
     grads = run_all(Fn.avg_pool2d_backward, g, x.shape, **kwargs)
     assert_all_equal(grads, "avg_pool2d_backward")
     assert_close(next(iter(grads.values()))[0], R.avg_pool2d_backward(g, x.shape, **kwargs))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    # padded rows of the forward (W_out + 25 = 1000) and of grad_x (W + 25 = 1025) fall on
+    # either side of a band-size boundary: the scratch must fit both
+    ((1, 1, 3, 1000), (1, 1, 1, 26), {}),
+    ((1, 1, 4, 1023), (1, 1, 2, 3), dict(padding=(1, 0))),
+    ((2, 3, 9, 70), (3, 1, 3, 3), dict(padding=1, groups=3)),                  # depthwise
+    ((2, 4, 7, 40), (4, 2, 3, 5), dict(padding=(1, 2), dilation=(2, 1), groups=2)),
+    ((1, 2, 5, 33), (2, 2, 3, 3), dict(padding=2)),    # P > D*(K-1)/2: grad_x not padded
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_conv_padded_bands(x_shape, w_shape, kwargs, dtype):
+    """The direct loops' zero-padded band copies (stride 1, finite weights) against the
+    reference, both builds, 1 and 2 threads; then with an inf in x and in the weight."""
+    rng = np.random.default_rng(3)
+    x, w = H.normal(rng, x_shape, dtype), H.normal(rng, w_shape, dtype)
+    y_ref = R.conv2d(x, w, **kwargs)
+    g = H.normal(rng, y_ref.shape, dtype)
+    grads_ref = R.conv2d_backward(g, x, w, **kwargs)
+    results = run_all(Fn.conv2d, x, w, variants=CONV_VARIANTS, algorithm="direct", **kwargs)
+    grads = run_all(Fn.conv2d_backward, g, x, w, variants=CONV_VARIANTS, algorithm="direct",
+                    **kwargs)
+    for key in results:
+        assert_close(results[key][0], y_ref, err_msg=f"conv2d {key}: ")
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads[key], grads_ref):
+            assert_close(r, e, err_msg=f"{name} {key}: ")
+    x[0, 0, 0, x.shape[3] // 2] = np.inf
+    w[0, 0, 0, 0] = -np.inf           # the weights' planes go row by row (padding taps skipped)
+    y_ref = R.conv2d(x, w, **kwargs)
+    grads_ref = R.conv2d_backward(g, x, w, **kwargs)
+    results = run_all(Fn.conv2d, x, w, variants=CONV_VARIANTS, algorithm="direct", **kwargs)
+    grads = run_all(Fn.conv2d_backward, g, x, w, variants=CONV_VARIANTS, algorithm="direct",
+                    **kwargs)
+    for key in grads:
+        assert_close(results[key][0], y_ref, err_msg=f"conv2d with inf {key}: ")
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads[key], grads_ref):
+            assert_close(r, e, err_msg=f"{name} with inf {key}: ")
