@@ -232,3 +232,18 @@ def test_direct_conv_padded_bands(x_shape, w_shape, kwargs, dtype):
         assert_close(results[key][0], y_ref, err_msg=f"conv2d with inf {key}: ")
         for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads[key], grads_ref):
             assert_close(r, e, err_msg=f"{name} with inf {key}: ")
+
+
+def test_gemm_backward_when_openmp_runs_fewer_threads_than_asked():
+    """backward_gemm sums only the grad_weight rows that a thread zeroed and filled: with
+    OMP_THREAD_LIMIT=1 a 2-thread call gets one thread, and the other row is never touched."""
+    code = ("import numpy as np, cnnx, cnnx.functional as F, cnnx.reference as R\n"
+            "cnnx.set_num_threads(2)\n"
+            "rng = np.random.default_rng(0)\n"
+            "x, w = rng.standard_normal((8, 16, 9, 9)), rng.standard_normal((32, 16, 3, 3))\n"
+            "g = rng.standard_normal((8, 32, 9, 9))\n"
+            "got = F.conv2d_backward(g, x, w, padding=1, algorithm='gemm')\n"
+            "ref = R.conv2d_backward(g, x, w, padding=1)\n"
+            "print(all(np.allclose(a, b, rtol=1e-10, atol=1e-10) for a, b in zip(got, ref)))\n")
+    out = H.run_python(code, dict(os.environ, OMP_THREAD_LIMIT="1"))
+    assert out.strip().endswith("True"), out
