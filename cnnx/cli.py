@@ -16,8 +16,10 @@ def _register_info(subparsers):
 def _info_command(args):
     from . import info_dict
 
-    for key, value in info_dict().items():
-        print(f"{key:>16}: {value}")
+    info = info_dict()
+    width = max(map(len, info))
+    for key, value in info.items():
+        print(f"{key:>{width}}: {value}")
     return 0
 
 
