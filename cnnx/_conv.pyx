@@ -192,6 +192,71 @@ cdef extern from *:
     #endif
     CNNX_DOT_ROWS(float, f, int32_t)
     CNNX_DOT_ROWS(double, d, int64_t)
+
+    /* dst[k] += sum over taps (u, v), in that order, of w[tap] * src[k + u*row_step + v*col_step]
+       for k < n, tap = u*KW + v (or KH*KW-1 minus that, ``flip``): all the taps of a kernel
+       over one contiguous run, two vectors of dst at a time kept in registers (gcc/clang)
+       instead of one pass over dst per tap. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #  define CNNX_TAPS_RUN(T, S) \
+    static void cnnx_taps_run_##S(T *restrict dst, const T *restrict src, const T *w, int flip, \
+                                  Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t row_step, \
+                                  Py_ssize_t col_step, Py_ssize_t n) { \
+        enum { PER = CNNX_VBYTES / sizeof(T) }; \
+        cnnx_vec_##S a0, a1, t0, t1; \
+        Py_ssize_t k = 0, u, v, last = KH * KW - 1; \
+        T wt, s; \
+        for (; k + 2 * PER <= n; k += 2 * PER) { \
+            memcpy(&a0, dst + k, sizeof a0); \
+            memcpy(&a1, dst + k + PER, sizeof a1); \
+            for (u = 0; u < KH; u++) \
+                for (v = 0; v < KW; v++) { \
+                    const T *sp = src + k + u * row_step + v * col_step; \
+                    wt = w[flip ? last - (u * KW + v) : u * KW + v]; \
+                    memcpy(&t0, sp, sizeof t0); \
+                    memcpy(&t1, sp + PER, sizeof t1); \
+                    a0 += wt * t0; \
+                    a1 += wt * t1; \
+                } \
+            memcpy(dst + k, &a0, sizeof a0); \
+            memcpy(dst + k + PER, &a1, sizeof a1); \
+        } \
+        for (; k + PER <= n; k += PER) { \
+            memcpy(&a0, dst + k, sizeof a0); \
+            for (u = 0; u < KH; u++) \
+                for (v = 0; v < KW; v++) { \
+                    memcpy(&t0, src + k + u * row_step + v * col_step, sizeof t0); \
+                    a0 += w[flip ? last - (u * KW + v) : u * KW + v] * t0; \
+                } \
+            memcpy(dst + k, &a0, sizeof a0); \
+        } \
+        for (; k < n; k++) { \
+            s = dst[k]; \
+            for (u = 0; u < KH; u++) \
+                for (v = 0; v < KW; v++) \
+                    s += w[flip ? last - (u * KW + v) : u * KW + v] \
+                         * src[k + u * row_step + v * col_step]; \
+            dst[k] = s; \
+        } \
+    }
+    #else
+    #  define CNNX_TAPS_RUN(T, S) \
+    static void cnnx_taps_run_##S(T *dst, const T *src, const T *w, int flip, Py_ssize_t KH, \
+                                  Py_ssize_t KW, Py_ssize_t row_step, Py_ssize_t col_step, \
+                                  Py_ssize_t n) { \
+        Py_ssize_t k, u, v, last = KH * KW - 1; T s; \
+        for (k = 0; k < n; k++) { \
+            s = dst[k]; \
+            for (u = 0; u < KH; u++) \
+                for (v = 0; v < KW; v++) \
+                    s += w[flip ? last - (u * KW + v) : u * KW + v] \
+                         * src[k + u * row_step + v * col_step]; \
+            dst[k] = s; \
+        } \
+    }
+    #endif
+    CNNX_TAPS_RUN(float, f)
+    CNNX_TAPS_RUN(double, d)
     """
     void cnnx_copy_row_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
     void cnnx_copy_row_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride) noexcept nogil
@@ -203,6 +268,12 @@ cdef extern from *:
                           Py_ssize_t b_step, Py_ssize_t n_rows, Py_ssize_t m) noexcept nogil
     double cnnx_dot_rows_d(const double* a, Py_ssize_t a_row, const double* b, Py_ssize_t b_row,
                            Py_ssize_t b_step, Py_ssize_t n_rows, Py_ssize_t m) noexcept nogil
+    void cnnx_taps_run_f(float* dst, const float* src, const float* w, int flip, Py_ssize_t KH,
+                         Py_ssize_t KW, Py_ssize_t row_step, Py_ssize_t col_step,
+                         Py_ssize_t n) noexcept nogil
+    void cnnx_taps_run_d(double* dst, const double* src, const double* w, int flip,
+                         Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t row_step,
+                         Py_ssize_t col_step, Py_ssize_t n) noexcept nogil
     void cnnx_axpy_row_f(float* dst, Py_ssize_t dst_stride, const float* src,
                          Py_ssize_t src_stride, float w, Py_ssize_t n) noexcept nogil
     void cnnx_axpy_row_d(double* dst, Py_ssize_t dst_stride, const double* src,
@@ -243,6 +314,16 @@ cdef inline floating dot_rows(const floating* a, Py_ssize_t a_row, const floatin
         return cnnx_dot_rows_f(a, a_row, b, b_row, b_step, n_rows, m)
     else:
         return cnnx_dot_rows_d(a, a_row, b, b_row, b_step, n_rows, m)
+
+
+cdef inline void taps_run(floating* dst, const floating* src, const floating* w, bint flip,
+                          const Geom* p, Py_ssize_t row_step, Py_ssize_t n) noexcept nogil:
+    """dst[k] += sum_{u,v} w[tap] * src[k + u*row_step + v*D_w] for k < n, taps in order
+    (tap = u*KW + v, or flipped: KH*KW-1 minus that)."""
+    if floating is float:
+        cnnx_taps_run_f(dst, src, w, flip, p.KH, p.KW, row_step, p.dilation_w, n)
+    else:
+        cnnx_taps_run_d(dst, src, w, flip, p.KH, p.KW, row_step, p.dilation_w, n)
 
 
 cdef inline void axpy_row(floating* dst, Py_ssize_t dst_stride, const floating* src,
@@ -909,9 +990,9 @@ cdef void correlate_padded(const floating* src, Py_ssize_t n_src, Py_ssize_t H_s
     source values outside the plane taken as zeros -- which add w * 0 = 0 for finite w.
 
     Each source plane's band of rows is copied into ``xpad`` with its zero padding (rows of
-    Wp = W_dst + D_w*(KW-1) columns), so that every tap is one contiguous run over the
-    whole band (into ``ywide``, rows of Wp values, the last Wp - W_dst of each not outputs)
-    instead of one short run per row.  Channels summed in double when n_src > 1.
+    Wp = W_dst + D_w*(KW-1) columns), so that the taps are one contiguous run over the
+    whole band (into ``ywide``, rows of Wp values, the last Wp - W_dst of each not outputs),
+    all of them at once (taps_run), instead of one short run per row and tap.  Channels summed in double when n_src > 1.
     The caller keeps the column padding non-negative: pad_left >= 0 and
     Wp - pad_left - W_src >= 0."""
     cdef Py_ssize_t Wp = W_dst + p.dilation_w * (p.KW - 1)
@@ -920,7 +1001,7 @@ cdef void correlate_padded(const floating* src, Py_ssize_t n_src, Py_ssize_t H_s
     cdef double* acc = work
     cdef floating* ywide = <floating*> (work + band * Wp)
     cdef floating* xpad = <floating*> (work + 2 * band * Wp)
-    cdef Py_ssize_t c, u, v, k, r0, r1, rows, rr, j, tap
+    cdef Py_ssize_t c, k, r0, r1, rows, rr, j
     r0 = 0
     while r0 < H_dst:
         r1 = min(r0 + band, H_dst)
@@ -930,11 +1011,8 @@ cdef void correlate_padded(const floating* src, Py_ssize_t n_src, Py_ssize_t H_s
         for c in range(n_src):
             copy_padded_rows(src + c * H_src * W_src, H_src, W_src, xpad, Wp, r0 - pad_top,
                              rows + halo, pad_left)
-            for u in range(p.KH):
-                for v in range(p.KW):
-                    tap = (p.KH * p.KW - 1 - u * p.KW - v) if flip else u * p.KW + v
-                    axpy_row(ywide, 1, xpad + u * p.dilation_h * Wp + v * p.dilation_w, 1,
-                             w[c * w_step + tap], (rows - 1) * Wp + W_dst)
+            taps_run(ywide, xpad, w + c * w_step, flip, p, p.dilation_h * Wp,
+                     (rows - 1) * Wp + W_dst)
             if n_src > 1:
                 add_band_to(acc, ywide, rows * Wp, c == 0)
         for rr in range(rows):
