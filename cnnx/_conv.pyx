@@ -195,8 +195,25 @@ cdef extern from *:
 
     /* dst[k] += sum over taps (u, v), in that order, of w[tap] * src[k + u*row_step + v*col_step]
        for k < n, tap = u*KW + v (or KH*KW-1 minus that, ``flip``): all the taps of a kernel
-       over one contiguous run, two vectors of dst at a time kept in registers (gcc/clang)
-       instead of one pass over dst per tap. */
+       over one contiguous run, vectors of dst at a time kept in registers (gcc/clang)
+       instead of one pass over dst per tap; the values from k0 on one at a time
+       (cnnx_taps_scalar: the remainder, or all of them for other compilers). */
+    #define CNNX_TAP(u, v) w[flip ? KH * KW - 1 - ((u) * KW + (v)) : (u) * KW + (v)]
+    #define CNNX_TAPS_SCALAR(T, S) \
+    static void cnnx_taps_scalar_##S(T *dst, const T *src, const T *w, int flip, Py_ssize_t KH, \
+                                     Py_ssize_t KW, Py_ssize_t row_step, Py_ssize_t col_step, \
+                                     Py_ssize_t k0, Py_ssize_t n) { \
+        Py_ssize_t k, u, v; T s; \
+        for (k = k0; k < n; k++) { \
+            s = dst[k]; \
+            for (u = 0; u < KH; u++) \
+                for (v = 0; v < KW; v++) \
+                    s += CNNX_TAP(u, v) * src[k + u * row_step + v * col_step]; \
+            dst[k] = s; \
+        } \
+    }
+    CNNX_TAPS_SCALAR(float, f)
+    CNNX_TAPS_SCALAR(double, d)
     #if defined(__GNUC__) || defined(__clang__)
     #  define CNNX_TAPS_RUN(T, S) \
     static void cnnx_taps_run_##S(T *restrict dst, const T *restrict src, const T *w, int flip, \
@@ -204,15 +221,15 @@ cdef extern from *:
                                   Py_ssize_t col_step, Py_ssize_t n) { \
         enum { PER = CNNX_VBYTES / sizeof(T) }; \
         cnnx_vec_##S a0, a1, t0, t1; \
-        Py_ssize_t k = 0, u, v, last = KH * KW - 1; \
-        T wt, s; \
+        Py_ssize_t k = 0, u, v; \
+        T wt; \
         for (; k + 2 * PER <= n; k += 2 * PER) { \
             memcpy(&a0, dst + k, sizeof a0); \
             memcpy(&a1, dst + k + PER, sizeof a1); \
             for (u = 0; u < KH; u++) \
                 for (v = 0; v < KW; v++) { \
                     const T *sp = src + k + u * row_step + v * col_step; \
-                    wt = w[flip ? last - (u * KW + v) : u * KW + v]; \
+                    wt = CNNX_TAP(u, v); \
                     memcpy(&t0, sp, sizeof t0); \
                     memcpy(&t1, sp + PER, sizeof t1); \
                     a0 += wt * t0; \
@@ -226,33 +243,18 @@ cdef extern from *:
             for (u = 0; u < KH; u++) \
                 for (v = 0; v < KW; v++) { \
                     memcpy(&t0, src + k + u * row_step + v * col_step, sizeof t0); \
-                    a0 += w[flip ? last - (u * KW + v) : u * KW + v] * t0; \
+                    a0 += CNNX_TAP(u, v) * t0; \
                 } \
             memcpy(dst + k, &a0, sizeof a0); \
         } \
-        for (; k < n; k++) { \
-            s = dst[k]; \
-            for (u = 0; u < KH; u++) \
-                for (v = 0; v < KW; v++) \
-                    s += w[flip ? last - (u * KW + v) : u * KW + v] \
-                         * src[k + u * row_step + v * col_step]; \
-            dst[k] = s; \
-        } \
+        cnnx_taps_scalar_##S(dst, src, w, flip, KH, KW, row_step, col_step, k, n); \
     }
     #else
     #  define CNNX_TAPS_RUN(T, S) \
     static void cnnx_taps_run_##S(T *dst, const T *src, const T *w, int flip, Py_ssize_t KH, \
                                   Py_ssize_t KW, Py_ssize_t row_step, Py_ssize_t col_step, \
                                   Py_ssize_t n) { \
-        Py_ssize_t k, u, v, last = KH * KW - 1; T s; \
-        for (k = 0; k < n; k++) { \
-            s = dst[k]; \
-            for (u = 0; u < KH; u++) \
-                for (v = 0; v < KW; v++) \
-                    s += w[flip ? last - (u * KW + v) : u * KW + v] \
-                         * src[k + u * row_step + v * col_step]; \
-            dst[k] = s; \
-        } \
+        cnnx_taps_scalar_##S(dst, src, w, flip, KH, KW, row_step, col_step, 0, n); \
     }
     #endif
     CNNX_TAPS_RUN(float, f)
