@@ -209,29 +209,25 @@ def test_avg_pool_whole_row_windows(shape, kwargs, dtype):
 def test_direct_conv_padded_bands(x_shape, w_shape, kwargs, dtype):
     """The direct loops' zero-padded band copies (stride 1, finite weights) against the
     reference, both builds, 1 and 2 threads; then with an inf in x and in the weight."""
+    def check(x, w, g, label):
+        y_ref = R.conv2d(x, w, **kwargs)
+        grads_ref = R.conv2d_backward(g, x, w, **kwargs)
+        results = run_all(Fn.conv2d, x, w, variants=CONV_VARIANTS, algorithm="direct",
+                          **kwargs)
+        grads = run_all(Fn.conv2d_backward, g, x, w, variants=CONV_VARIANTS,
+                        algorithm="direct", **kwargs)
+        for key in results:
+            assert_close(results[key][0], y_ref, err_msg=f"conv2d{label} {key}: ")
+            for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads[key], grads_ref):
+                assert_close(r, e, err_msg=f"{name}{label} {key}: ")
+
     rng = np.random.default_rng(3)
     x, w = H.normal(rng, x_shape, dtype), H.normal(rng, w_shape, dtype)
-    y_ref = R.conv2d(x, w, **kwargs)
-    g = H.normal(rng, y_ref.shape, dtype)
-    grads_ref = R.conv2d_backward(g, x, w, **kwargs)
-    results = run_all(Fn.conv2d, x, w, variants=CONV_VARIANTS, algorithm="direct", **kwargs)
-    grads = run_all(Fn.conv2d_backward, g, x, w, variants=CONV_VARIANTS, algorithm="direct",
-                    **kwargs)
-    for key in results:
-        assert_close(results[key][0], y_ref, err_msg=f"conv2d {key}: ")
-        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads[key], grads_ref):
-            assert_close(r, e, err_msg=f"{name} {key}: ")
+    g = H.normal(rng, R.conv2d(x, w, **kwargs).shape, dtype)
+    check(x, w, g, "")
     x[0, 0, 0, x.shape[3] // 2] = np.inf
     w[0, 0, 0, 0] = -np.inf           # the weights' planes go row by row (padding taps skipped)
-    y_ref = R.conv2d(x, w, **kwargs)
-    grads_ref = R.conv2d_backward(g, x, w, **kwargs)
-    results = run_all(Fn.conv2d, x, w, variants=CONV_VARIANTS, algorithm="direct", **kwargs)
-    grads = run_all(Fn.conv2d_backward, g, x, w, variants=CONV_VARIANTS, algorithm="direct",
-                    **kwargs)
-    for key in grads:
-        assert_close(results[key][0], y_ref, err_msg=f"conv2d with inf {key}: ")
-        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads[key], grads_ref):
-            assert_close(r, e, err_msg=f"{name} with inf {key}: ")
+    check(x, w, g, " with inf")
 
 
 def test_gemm_backward_when_openmp_runs_fewer_threads_than_asked():
