@@ -18,21 +18,21 @@ def _flag(name):
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _pick(baseline, name, cpu_ok):
-    """(module, description) for the kernels of ``baseline``: its build ``name`` when
-    usable."""
+def _pick(baseline, name, cpu_ok, needs, variant):
+    """(module, description) for the kernels of ``baseline``: its build ``name`` (reported
+    as ``variant``) when the CPU has ``needs`` (``cpu_ok``) and it was built."""
     if _flag("CNNX_NO_AVX2"):
         return baseline, "baseline (CNNX_NO_AVX2 is set)"
     if not cpu_ok:
-        return baseline, "baseline (this CPU has no AVX2" + ("" if name == "_pool_avx2"
-                                                             else "/FMA") + ")"
+        return baseline, f"baseline (this CPU has no {needs})"
     try:
         module = importlib.import_module(f".{name}", __package__)
     except ImportError:
         return baseline, "baseline (built without the AVX2 variant)"
-    return module, "avx2" if name == "_pool_avx2" else "avx2+fma"
+    return module, variant
 
 
-pool, POOL_VARIANT = _pick(_pool, "_pool_avx2", _build_info.cpu_has_avx2())
+pool, POOL_VARIANT = _pick(_pool, "_pool_avx2", _build_info.cpu_has_avx2(), "AVX2", "avx2")
 conv, CONV_VARIANT = _pick(_conv, "_conv_avx2",
-                           _build_info.cpu_has_avx2() and _build_info.cpu_has_fma())
+                           _build_info.cpu_has_avx2() and _build_info.cpu_has_fma(),
+                           "AVX2/FMA", "avx2+fma")

@@ -181,10 +181,10 @@ def _all_finite(a):
 # depthwise convolutions (one input and one output channel per group) with output rows of
 # at least DEPTHWISE_DIRECT_MIN_W values: a GEMM per channel then has one row, and im2col
 # moves KH*KW times the data that the direct loops read.  Measured on this project's bench
-# machine (float32, fwd+bwd ms, direct vs gemm, 1 thread): 3x3 8x64x56x56 3.6 vs 6.2,
-# 3x3/2 8x128x56x56 7.7 vs 10.7, 5x5 8x64x28x28 1.9 vs 3.6, 3x3 8x512x14x14 3.1 vs 4.0,
-# 8x512x10x10 2.1 vs 2.5; but 8x1024x7x7 3.8 vs 3.5, and a channel multiplier of 2
-# (8x64x56x56 -> 128) 9.0 vs 7.5 (measured before the last direct changes).
+# machine (float32, fwd+bwd ms, direct vs gemm, 1 thread, one run): 3x3 8x64x56x56 3.3 vs
+# 5.7, 3x3/2 8x128x56x56 7.3 vs 9.7, 5x5 8x64x28x28 1.9 vs 3.2, 3x3 8x512x14x14 3.0 vs 3.8,
+# 8x512x10x10 2.1 vs 2.3; but 8x1024x7x7 3.8 vs 3.3, and with a channel multiplier of 2
+# (8x64x56x56 -> 128) nothing to gain: 7.5 vs 7.6.
 DIRECT_MAX_WORK = 1 << 16
 DEPTHWISE_DIRECT_MIN_W = 10
 # 'auto' takes Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with at least
