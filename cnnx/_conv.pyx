@@ -25,6 +25,8 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
+import numpy as np
+
 from cnnx._kernel_utils cimport valid_range
 
 
@@ -103,6 +105,7 @@ cdef extern from *:
                                          Py_ssize_t n, Py_ssize_t stride) { \
         Py_ssize_t j; \
         if (stride == 1) cnnx_copy_bytes((char *) dst, (const char *) src, n * sizeof(T)); \
+        else if (stride == 2) { for (j = 0; j < n; j++) dst[j] = src[j * 2]; } \
         else { for (j = 0; j < n; j++) dst[j] = src[j * stride]; } \
     } \
     static inline void cnnx_zero_row_##S(T *dst, Py_ssize_t n) { \
@@ -1128,17 +1131,503 @@ def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, 
                     floating[:, :, :, ::1] grad_x,        # OUT
                     floating[:, :, :, ::1] grad_weight,   # OUT
                     double[:, ::1] work,                  # scratch per thread: direct_scratch()
-                    spec, int n_threads):
-    """grad_x: one input plane (n, c_in) per item; grad_w: one (o, c) filter slice per item."""
+                    spec, int n_threads, bint input_grad=True, bint weight_grad=True):
+    """grad_x: one input plane (n, c_in) per item; grad_w: one (o, c) filter slice per item.
+    (``input_grad``/``weight_grad`` False: that output is left as it is.)"""
     cdef Geom p = make_geom(spec)
     cdef Py_ssize_t item, n, ci, o, c
-    for item in prange(p.N * p.C_in, nogil=True, schedule="static", num_threads=n_threads):
+    cdef Py_ssize_t n_x = p.N * p.C_in if input_grad else 0
+    cdef Py_ssize_t n_w = p.C_out * p.C_in_g if weight_grad else 0
+    for item in prange(n_x, nogil=True, schedule="static", num_threads=n_threads):
         n = item // p.C_in
         ci = item % p.C_in
         direct_input_grad_plane(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_x[n, ci, 0, 0],
                                 &work[threadid(), 0], &p, ci)
-    for item in prange(p.C_out * p.C_in_g, nogil=True, schedule="static", num_threads=n_threads):
+    for item in prange(n_w, nogil=True, schedule="static", num_threads=n_threads):
         o = item // p.C_in_g
         c = item % p.C_in_g
         direct_weight_grad(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &grad_weight[o, c, 0, 0],
                            &work[threadid(), 0], &p, o, c)
+
+
+# ---------------------------------------------------------------------------
+# blocked direct algorithm: several output channels x a run of output pixels in registers
+# ---------------------------------------------------------------------------
+# The formula once more, organised for a CPU: a band of output rows of one sample is read
+# from a zero-padded copy of its input rows, split into stride phases
+#
+#     buf[c, a, b, r, s] = x[c, (i0 + r)*S_h + a - P_top, s*S_w + b - P_left]   (0 outside x)
+#
+# so that tap (c, u, v) of output (i, j) is buf[offs[t] + (i - i0)*Wq + j] with
+# offs[t] = plane (c, (u*D_h) % S_h, (v*D_w) % S_w) + ((u*D_h) // S_h)*Wq + (v*D_w) // S_w:
+# every tap is one contiguous run over the band, whatever the stride and dilation.  The
+# kernel keeps CORR_OB output channels x CORR_NV vectors of pixels in registers and adds
+# tap after tap into them (one load of pixels, CORR_OB multiply-adds per vector and tap).
+# Rows are Wq = W_out + (D_w*(KW-1)) // S_w wide, so the last Wq - W_out values of each
+# row are not outputs (computed, never stored).  The input gradient of a stride-1
+# convolution is the same correlation of grad_y with the kernels flipped and transposed.
+cdef extern from *:
+    """
+    enum { CNNX_CORR_OB = 6, CNNX_CORR_OB_SMALL = 4, CNNX_CORR_SLACK = 64 };
+    /* dst[o*ld + q] = sum_{t0 <= t < t1} wb[t*OB + o] * src[offs[t] + q]
+       for o < OB (6, or 4: cnnx_corr_block4) and q < n_pos rounded up to 2 vectors:
+       OB x 2 vectors of dst kept in registers over all the taps (written out, so that the
+       compiler keeps the 12 sums in registers: arrays of vectors end up on the stack;
+       6 x 2 measured fastest of 2..8 x 1..6 with AVX2: 89 GFLOP/s vs 79 for 4 x 2, 53
+       for 4 x 3, which runs out of registers).  src and dst must have CNNX_CORR_SLACK
+       values to spare past the last value read / position. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #  define CNNX_CORR_LOAD(v, p) memcpy(&(v), (p), sizeof (v))
+    #  define CNNX_CORR_ZERO(o) a##o##0 = zero; a##o##1 = zero;
+    #  define CNNX_CORR_FMA(o) a##o##0 += w[o] * x0; a##o##1 += w[o] * x1;
+    #  define CNNX_CORR_STORE(o) \
+        memcpy(dst + o * ld + q, &a##o##0, sizeof a##o##0); \
+        memcpy(dst + o * ld + q + PER, &a##o##1, sizeof a##o##1);
+    /* not inlined: in the caller's register pressure gcc spills one of the 14 vectors */
+    #  define CNNX_CORR_KERNEL(T, S, NAME, OB, ROWS) \
+    __attribute__((noinline)) static void NAME(const T *restrict src, const Py_ssize_t *restrict offs, Py_ssize_t t0, \
+                     Py_ssize_t t1, const T *restrict wb, T *restrict dst, Py_ssize_t ld, \
+                     Py_ssize_t n_pos) { \
+        enum { PER = CNNX_VBYTES / sizeof(T) }; \
+        const cnnx_vec_##S zero = {0}; \
+        cnnx_vec_##S a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51, x0, x1; \
+        Py_ssize_t q, t; \
+        for (q = 0; q < n_pos; q += 2 * PER) { \
+            ROWS(CNNX_CORR_ZERO) \
+            for (t = t0; t < t1; t++) { \
+                const T *sp = src + offs[t] + q; \
+                const T *w = wb + t * OB; \
+                CNNX_CORR_LOAD(x0, sp); \
+                CNNX_CORR_LOAD(x1, sp + PER); \
+                ROWS(CNNX_CORR_FMA) \
+            } \
+            ROWS(CNNX_CORR_STORE) \
+        } \
+        (void) a40; (void) a41; (void) a50; (void) a51; \
+    }
+    #  define CNNX_CORR_ROWS6(M) M(0) M(1) M(2) M(3) M(4) M(5)
+    #  define CNNX_CORR_ROWS4(M) M(0) M(1) M(2) M(3)
+    #  define CNNX_CORR_BLOCK(T, S) \
+    CNNX_CORR_KERNEL(T, S, cnnx_corr_block6_##S, 6, CNNX_CORR_ROWS6) \
+    CNNX_CORR_KERNEL(T, S, cnnx_corr_block4_##S, 4, CNNX_CORR_ROWS4)
+    #else
+    #  define CNNX_CORR_KERNEL(T, NAME, OB) \
+    static void NAME(const T *src, const Py_ssize_t *offs, Py_ssize_t t0, Py_ssize_t t1, \
+                     const T *wb, T *dst, Py_ssize_t ld, Py_ssize_t n_pos) { \
+        Py_ssize_t q, t; int o; T s; \
+        for (o = 0; o < OB; o++) \
+            for (q = 0; q < n_pos; q++) { \
+                s = 0; \
+                for (t = t0; t < t1; t++) s += wb[t * OB + o] * src[offs[t] + q]; \
+                dst[o * ld + q] = s; \
+            } \
+    }
+    #  define CNNX_CORR_BLOCK(T, S) \
+    CNNX_CORR_KERNEL(T, cnnx_corr_block6_##S, 6) \
+    CNNX_CORR_KERNEL(T, cnnx_corr_block4_##S, 4)
+    #endif
+    CNNX_CORR_BLOCK(float, f)
+    CNNX_CORR_BLOCK(double, d)
+
+    /* The weight gradient, the forward's kernel with the roles turned round:
+       out[(t0 + m)*out_ld + o] += sum over the positions q = r*Wq + j (r < n_rows,
+       j < W_out) of src[offs[t0 + m] + q] * gyT[(r*W_out + j)*ldo + o]
+       for m < nt (at most 6) and o < 2 vectors: 6 taps x 2 vectors of output channels in
+       registers, one broadcast of src per tap and position (grad_y transposed: a position's
+       output channels contiguous), the sums added into ``out`` (double) at the end. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #  define CNNX_WGRAD_FMA(m) \
+        xs = sp##m[q]; a##m##0 += xs * g0; a##m##1 += xs * g1;
+    #  define CNNX_WGRAD_OUT(m) \
+        if (m < nt) for (k = 0; k < PER; k++) { \
+            out[(t0 + m) * out_ld + k] += a##m##0[k]; \
+            out[(t0 + m) * out_ld + PER + k] += a##m##1[k]; }
+    #  define CNNX_CORR_GRAD(T, S) \
+    __attribute__((noinline)) static void cnnx_corr_wgrad_##S( \
+            const T *restrict src, const Py_ssize_t *restrict offs, Py_ssize_t t0, int nt, \
+            const T *restrict gyT, Py_ssize_t ldo, Py_ssize_t n_rows, Py_ssize_t W_out, \
+            Py_ssize_t Wq, double *restrict out, Py_ssize_t out_ld) { \
+        enum { PER = CNNX_VBYTES / sizeof(T) }; \
+        const cnnx_vec_##S zero = {0}; \
+        cnnx_vec_##S a00 = zero, a01 = zero, a10 = zero, a11 = zero, a20 = zero, a21 = zero, \
+                     a30 = zero, a31 = zero, a40 = zero, a41 = zero, a50 = zero, a51 = zero, \
+                     g0, g1; \
+        const T *sp0, *sp1, *sp2, *sp3, *sp4, *sp5; \
+        Py_ssize_t r, q, k; T xs; \
+        for (r = 0; r < n_rows; r++) { \
+            const T *gr = gyT + r * W_out * ldo; \
+            sp0 = src + offs[t0] + r * Wq; \
+            sp1 = src + offs[t0 + (nt > 1)] + r * Wq; \
+            sp2 = src + offs[t0 + 2 * (nt > 2)] + r * Wq; \
+            sp3 = src + offs[t0 + 3 * (nt > 3)] + r * Wq; \
+            sp4 = src + offs[t0 + 4 * (nt > 4)] + r * Wq; \
+            sp5 = src + offs[t0 + 5 * (nt > 5)] + r * Wq; \
+            for (q = 0; q < W_out; q++) { \
+                CNNX_CORR_LOAD(g0, gr + q * ldo); \
+                CNNX_CORR_LOAD(g1, gr + q * ldo + PER); \
+                CNNX_WGRAD_FMA(0) CNNX_WGRAD_FMA(1) CNNX_WGRAD_FMA(2) \
+                CNNX_WGRAD_FMA(3) CNNX_WGRAD_FMA(4) CNNX_WGRAD_FMA(5) \
+            } \
+        } \
+        CNNX_WGRAD_OUT(0) CNNX_WGRAD_OUT(1) CNNX_WGRAD_OUT(2) \
+        CNNX_WGRAD_OUT(3) CNNX_WGRAD_OUT(4) CNNX_WGRAD_OUT(5) \
+    }
+    #  define CNNX_WGRAD_WIDTH (2 * CNNX_VBYTES)
+    #else
+    #  define CNNX_CORR_GRAD(T, S) \
+    static void cnnx_corr_wgrad_##S(const T *src, const Py_ssize_t *offs, Py_ssize_t t0, \
+                                    int nt, const T *gyT, Py_ssize_t ldo, Py_ssize_t n_rows, \
+                                    Py_ssize_t W_out, Py_ssize_t Wq, double *out, \
+                                    Py_ssize_t out_ld) { \
+        Py_ssize_t r, q, o; int m; T s; \
+        for (m = 0; m < nt; m++) \
+            for (o = 0; o < (Py_ssize_t) (CNNX_WGRAD_WIDTH / sizeof(T)); o++) { \
+                s = 0; \
+                for (r = 0; r < n_rows; r++) \
+                    for (q = 0; q < W_out; q++) \
+                        s += src[offs[t0 + m] + r * Wq + q] * gyT[(r * W_out + q) * ldo + o]; \
+                out[(t0 + m) * out_ld + o] += s; \
+            } \
+    }
+    #  define CNNX_WGRAD_WIDTH 32
+    #endif
+    /* output channels per call of cnnx_corr_wgrad_*: 2 vectors */
+    #define CNNX_WGRAD_F ((Py_ssize_t) (CNNX_WGRAD_WIDTH / sizeof(float)))
+    #define CNNX_WGRAD_D ((Py_ssize_t) (CNNX_WGRAD_WIDTH / sizeof(double)))
+    CNNX_CORR_GRAD(float, f)
+    CNNX_CORR_GRAD(double, d)
+    """
+    enum:
+        CORR_OB "CNNX_CORR_OB"
+        CORR_OB_SMALL "CNNX_CORR_OB_SMALL"
+        CORR_SLACK "CNNX_CORR_SLACK"
+    void cnnx_corr_block6_f(const float* src, const Py_ssize_t* offs, Py_ssize_t t0,
+                            Py_ssize_t t1, const float* wb, float* dst, Py_ssize_t ld,
+                            Py_ssize_t n_pos) noexcept nogil
+    void cnnx_corr_block6_d(const double* src, const Py_ssize_t* offs, Py_ssize_t t0,
+                            Py_ssize_t t1, const double* wb, double* dst, Py_ssize_t ld,
+                            Py_ssize_t n_pos) noexcept nogil
+    void cnnx_corr_block4_f(const float* src, const Py_ssize_t* offs, Py_ssize_t t0,
+                            Py_ssize_t t1, const float* wb, float* dst, Py_ssize_t ld,
+                            Py_ssize_t n_pos) noexcept nogil
+    void cnnx_corr_block4_d(const double* src, const Py_ssize_t* offs, Py_ssize_t t0,
+                            Py_ssize_t t1, const double* wb, double* dst, Py_ssize_t ld,
+                            Py_ssize_t n_pos) noexcept nogil
+    Py_ssize_t CNNX_WGRAD_F
+    Py_ssize_t CNNX_WGRAD_D
+    void cnnx_corr_wgrad_f(const float* src, const Py_ssize_t* offs, Py_ssize_t t0, int nt,
+                           const float* gyT, Py_ssize_t ldo, Py_ssize_t n_rows, Py_ssize_t W_out,
+                           Py_ssize_t Wq, double* out, Py_ssize_t out_ld) noexcept nogil
+    void cnnx_corr_wgrad_d(const double* src, const Py_ssize_t* offs, Py_ssize_t t0, int nt,
+                           const double* gyT, Py_ssize_t ldo, Py_ssize_t n_rows, Py_ssize_t W_out,
+                           Py_ssize_t Wq, double* out, Py_ssize_t out_ld) noexcept nogil
+
+
+# The taps of one output are summed in runs of at most this many in the registers, the
+# runs added up in double: a 4096-term float32 sum in one running sum, or in runs of 256
+# added up in float32, is several times less accurate than PyTorch's.
+cdef Py_ssize_t CORR_TAP_RUN = 128
+BLOCK, BLOCK_SMALL = CORR_OB, CORR_OB_SMALL   # see block_width and _blocked_weights
+
+
+cdef struct Corr:
+    # a correlation of n_src planes (H_src x W_src) into n_dst planes (H_out x W_out)
+    Py_ssize_t n_src, H_src, W_src, n_dst, H_out, W_out
+    Py_ssize_t KH, KW, S_h, S_w, D_h, D_w, pad_top, pad_left
+    Py_ssize_t n_pa, n_pb          # stride phases used (rows, columns)
+    Py_ssize_t halo_r, halo_s      # extra phase rows / columns a band reads
+    Py_ssize_t Wq, band, Rb        # phase row width, output rows per band, phase rows per band
+    Py_ssize_t T, n_ob             # taps per output (n_src*KH*KW), blocks of outputs
+    Py_ssize_t last_w              # outputs in the last block (block_width)
+    Py_ssize_t buf_size, out_ld    # scratch: band copy, one block's band of outputs
+    Py_ssize_t pa[8]               # the phases used (rows, then columns); 8 >= any stride
+    Py_ssize_t pb[8]               # blocked_fits allows
+
+
+cdef inline void corr_copy_band(const floating* src, const Corr* k, Py_ssize_t i0,
+                                floating* buf) noexcept nogil:
+    """buf[c, a, b, r, s] for the band starting at output row i0 (see above)."""
+    cdef Py_ssize_t c, ia, ib, r, h, s_lo, s_hi, off_w
+    cdef floating* row
+    for c in range(k.n_src):
+        for ia in range(k.n_pa):
+            for ib in range(k.n_pb):
+                off_w = k.pb[ib] - k.pad_left
+                valid_range(off_w, k.S_w, k.W_src, k.Wq, &s_lo, &s_hi)
+                for r in range(k.Rb):
+                    row = buf + (((c * k.n_pa + ia) * k.n_pb + ib) * k.Rb + r) * k.Wq
+                    h = (i0 + r) * k.S_h + k.pa[ia] - k.pad_top
+                    if h < 0 or h >= k.H_src or s_hi <= s_lo:
+                        zero_row(row, k.Wq)
+                        continue
+                    zero_row(row, s_lo)
+                    copy_row(row + s_lo, src + (c * k.H_src + h) * k.W_src + s_lo * k.S_w + off_w,
+                             s_hi - s_lo, k.S_w)
+                    zero_row(row + s_hi, k.Wq - s_hi)
+    # the slack read past the last plane (by outputs that are not stored) holds zeros:
+    # the weight gradient multiplies it by grad_y's zeros, which must give 0
+    zero_row(buf + k.buf_size - CORR_SLACK, CORR_SLACK)
+
+
+def block_width(Py_ssize_t n_dst):
+    """(blocks, outputs in the last block): outputs are computed CORR_OB (6) at a time, the
+    last block CORR_OB_SMALL (4) wide when that covers what is left (16 outputs: 6 + 6 + 4,
+    not 6 + 6 + 6).  Block b's weights start at b*CORR_OB*T (see _blocked_weights)."""
+    cdef Py_ssize_t n_ob = (n_dst + CORR_OB - 1) // CORR_OB, rest = n_dst % CORR_OB
+    return n_ob, (CORR_OB_SMALL if 0 < rest <= CORR_OB_SMALL else CORR_OB)
+
+
+cdef inline void corr_block(const floating* buf, const Py_ssize_t* offs, const floating* wb,
+                            Py_ssize_t width, floating* out, double* acc, const Corr* k,
+                            Py_ssize_t n_pos) noexcept nogil:
+    """out[o*out_ld + q] = sum_t wb[t*width + o] * buf[offs[t] + q] for o < width (6 or 4)
+    and q < n_pos, the taps in runs of CORR_TAP_RUN, added up in ``acc`` (width*out_ld
+    doubles) when there are several."""
+    cdef Py_ssize_t t0 = 0, t1, m, o, q
+    while t0 < k.T:
+        t1 = min(t0 + CORR_TAP_RUN, k.T)
+        if floating is float:
+            if width == CORR_OB:
+                cnnx_corr_block6_f(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
+            else:
+                cnnx_corr_block4_f(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
+        else:
+            if width == CORR_OB:
+                cnnx_corr_block6_d(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
+            else:
+                cnnx_corr_block4_d(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
+        if t0 > 0 or t1 < k.T:
+            for o in range(width):
+                m = o * k.out_ld
+                for q in range(m, m + n_pos):
+                    acc[q] = out[q] if t0 == 0 else acc[q] + out[q]
+        t0 = t1
+    if k.T > CORR_TAP_RUN:
+        for o in range(width):
+            m = o * k.out_ld
+            for q in range(m, m + n_pos):
+                out[q] = <floating> acc[q]
+
+
+cdef void corr_band(const floating* src, const floating* wblk, const Py_ssize_t* offs,
+                    const floating* bias, floating* dst, const Corr* k, Py_ssize_t i0,
+                    double* work) noexcept nogil:
+    """dst[o, i, j] = bias[o] + the correlation, for the output rows [i0, i0 + band) of
+    one sample's planes (bias may be NULL); ``work``: blocked_workspace() doubles."""
+    cdef Py_ssize_t i1 = min(i0 + k.band, k.H_out)
+    cdef Py_ssize_t n_pos = (i1 - i0 - 1) * k.Wq + k.W_out
+    cdef double* acc = work
+    cdef floating* buf = <floating*> (work + CORR_OB * k.out_ld)
+    cdef floating* out = buf + k.buf_size
+    cdef Py_ssize_t ob, o, oo, i, j, width
+    cdef floating b
+    cdef const floating* row
+    corr_copy_band(src, k, i0, buf)
+    for ob in range(k.n_ob):
+        width = k.last_w if ob == k.n_ob - 1 else CORR_OB
+        corr_block(buf, offs, wblk + ob * k.T * CORR_OB, width, out, acc, k, n_pos)
+        for oo in range(min(width, k.n_dst - ob * CORR_OB)):
+            o = ob * CORR_OB + oo
+            b = bias[o] if bias != NULL else 0
+            for i in range(i0, i1):
+                row = out + oo * k.out_ld + (i - i0) * k.Wq
+                for j in range(k.W_out):
+                    dst[(o * k.H_out + i) * k.W_out + j] = row[j] + b
+
+
+cdef Corr make_corr(Py_ssize_t n_src, Py_ssize_t H_src, Py_ssize_t W_src, Py_ssize_t n_dst,
+                    Py_ssize_t H_out, Py_ssize_t W_out, Py_ssize_t KH, Py_ssize_t KW,
+                    Py_ssize_t S_h, Py_ssize_t S_w, Py_ssize_t D_h, Py_ssize_t D_w,
+                    Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t band):
+    """The geometry of a blocked correlation (strides at most 8: see blocked_fits)."""
+    cdef Corr k
+    cdef Py_ssize_t a, u
+    k.n_src, k.H_src, k.W_src, k.n_dst, k.H_out, k.W_out = n_src, H_src, W_src, n_dst, H_out, W_out
+    k.KH, k.KW, k.S_h, k.S_w, k.D_h, k.D_w = KH, KW, S_h, S_w, D_h, D_w
+    k.pad_top, k.pad_left = pad_top, pad_left
+    k.n_pa = 0
+    for a in range(S_h):          # the row phases some tap falls in
+        for u in range(KH):
+            if (u * D_h) % S_h == a:
+                k.pa[k.n_pa] = a
+                k.n_pa += 1
+                break
+    k.n_pb = 0
+    for a in range(S_w):
+        for u in range(KW):
+            if (u * D_w) % S_w == a:
+                k.pb[k.n_pb] = a
+                k.n_pb += 1
+                break
+    k.halo_r = (D_h * (KH - 1)) // S_h
+    k.halo_s = (D_w * (KW - 1)) // S_w
+    k.Wq = W_out + k.halo_s
+    k.band = max(1, min(band, H_out))
+    k.Rb = k.band + k.halo_r
+    k.T = n_src * KH * KW
+    k.n_ob, k.last_w = block_width(n_dst)
+    k.buf_size = n_src * k.n_pa * k.n_pb * k.Rb * k.Wq + CORR_SLACK
+    k.out_ld = k.band * k.Wq + CORR_SLACK
+    return k
+
+
+cdef void corr_offsets(const Corr* k, Py_ssize_t* offs) noexcept nogil:
+    """offs[t] of tap t = (c*KH + u)*KW + v (see above)."""
+    cdef Py_ssize_t c, u, v, ia, ib
+    for c in range(k.n_src):
+        for u in range(k.KH):
+            ia = 0
+            while k.pa[ia] != (u * k.D_h) % k.S_h:
+                ia += 1
+            for v in range(k.KW):
+                ib = 0
+                while k.pb[ib] != (v * k.D_w) % k.S_w:
+                    ib += 1
+                offs[(c * k.KH + u) * k.KW + v] = (
+                    ((c * k.n_pa + ia) * k.n_pb + ib) * k.Rb * k.Wq
+                    + ((u * k.D_h) // k.S_h) * k.Wq + (v * k.D_w) // k.S_w)
+
+
+def blocked_workspace(Py_ssize_t n_src, Py_ssize_t H_src, Py_ssize_t W_src, Py_ssize_t n_dst,
+                      Py_ssize_t H_out, Py_ssize_t W_out, Py_ssize_t KH, Py_ssize_t KW,
+                      Py_ssize_t S_h, Py_ssize_t S_w, Py_ssize_t D_h, Py_ssize_t D_w,
+                      Py_ssize_t band):
+    """Doubles of scratch per thread that ``correlate`` and ``correlate_weight_grad`` need:
+    the sums of one output block in double, a band copy and one block's band of outputs
+    (in the data's type, float32 taking half a double)."""
+    cdef Corr k = make_corr(n_src, H_src, W_src, n_dst, H_out, W_out, KH, KW, S_h, S_w,
+                            D_h, D_w, 0, 0, band)
+    return CORR_OB * k.out_ld + k.buf_size + CORR_OB * k.out_ld
+
+
+def correlate(const floating[:, :, :, ::1] src,     # (N, groups*n_src, H_src, W_src)
+              const floating[:, ::1] wblk,          # (groups, blocks), see block_width
+              const floating[::1] bias, bint has_bias,
+              floating[:, :, :, ::1] dst,           # OUT (N, groups*n_dst, H_out, W_out)
+              double[:, ::1] work,                  # scratch per thread: blocked_workspace()
+              Py_ssize_t groups, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t S_h, Py_ssize_t S_w,
+              Py_ssize_t D_h, Py_ssize_t D_w, Py_ssize_t pad_top, Py_ssize_t pad_left,
+              Py_ssize_t band, int n_threads):
+    """dst[n, g*n_dst + o, i, j] = bias + sum_{c, u, v} w[g, o, (c*KH + u)*KW + v]
+    * src[n, g*n_src + c, i*S_h - pad_top + u*D_h, j*S_w - pad_left + v*D_w] (zero outside
+    src), one band of output rows of one sample and group per work item; w blocked in
+    wblk[g]: block b (outputs b*6 on, see block_width) at b*6*T, tap t's weights of its
+    outputs at t*width.
+
+    conv2d forward is this with the weight blocked as wblk; the input gradient of a stride-1
+    convolution is this on grad_y, with the kernels flipped and transposed and the padding
+    D*(K-1) - P (cnnx.functional._blocked_weights)."""
+    cdef Py_ssize_t N = src.shape[0]
+    cdef Py_ssize_t n_src = src.shape[1] // groups, n_dst = dst.shape[1] // groups
+    cdef Corr k = make_corr(n_src, src.shape[2], src.shape[3], n_dst, dst.shape[2],
+                            dst.shape[3], KH, KW, S_h, S_w, D_h, D_w, pad_top, pad_left, band)
+    cdef Py_ssize_t n_bands = (k.H_out + k.band - 1) // k.band
+    cdef Py_ssize_t item, n, g, i0
+    cdef Py_ssize_t[::1] offs = np.empty(max(k.T, 1), dtype=np.intp)
+    corr_offsets(&k, &offs[0])
+    if N * groups * n_bands == 0 or k.W_out == 0:
+        return
+    for item in prange(N * groups * n_bands, nogil=True, schedule="static",
+                       num_threads=n_threads):
+        n = item // (groups * n_bands)
+        g = (item // n_bands) % groups
+        i0 = (item % n_bands) * k.band
+        corr_band(&src[n, g * n_src, 0, 0], &wblk[g, 0], &offs[0],
+                  &bias[g * n_dst] if has_bias else NULL, &dst[n, g * n_dst, 0, 0], &k, i0,
+                  &work[threadid(), 0])
+
+
+cdef enum:
+    WGRAD_TAPS = 6      # taps per cnnx_corr_wgrad call
+    WGRAD_PAD = 16      # output channels padded to a multiple of this (every build's width)
+
+
+cdef void corr_gather_grad(const floating* gy, const Corr* k, Py_ssize_t i0, Py_ssize_t ldo,
+                           floating* gyT) noexcept nogil:
+    """gyT[((i - i0)*W_out + j)*ldo + o] = gy[o, i, j] for the band's rows, zero for the
+    outputs o in [n_dst, ldo): grad_y transposed, a position's output channels contiguous.
+    Eight planes at a time, 64 positions at a time: eight streams that the hardware
+    prefetchers follow (one stream per output channel was too many), writes that stay in L1."""
+    cdef Py_ssize_t o, o0, o1, q, q0, q1, i1 = min(i0 + k.band, k.H_out)
+    cdef Py_ssize_t n_q = (i1 - i0) * k.W_out
+    cdef const floating* plane
+    for q in range(n_q):
+        for o in range(k.n_dst, ldo):
+            gyT[q * ldo + o] = 0
+    for o0 in range(0, k.n_dst, 8):
+        o1 = min(o0 + 8, k.n_dst)
+        for q0 in range(0, n_q, 64):
+            q1 = min(q0 + 64, n_q)
+            for o in range(o0, o1):
+                plane = gy + (o * k.H_out + i0) * k.W_out
+                for q in range(q0, q1):
+                    gyT[q * ldo + o] = plane[q]
+
+
+def weight_grad_workspace(Py_ssize_t n_src, Py_ssize_t H_src, Py_ssize_t W_src,
+                          Py_ssize_t n_dst, Py_ssize_t H_out, Py_ssize_t W_out, Py_ssize_t KH,
+                          Py_ssize_t KW, Py_ssize_t S_h, Py_ssize_t S_w, Py_ssize_t D_h,
+                          Py_ssize_t D_w, Py_ssize_t band):
+    """Doubles of scratch per thread for ``correlate_weight_grad``: a band copy and the
+    band's grad_y transposed (in the data's type, float32 taking half a double)."""
+    cdef Corr k = make_corr(n_src, H_src, W_src, n_dst, H_out, W_out, KH, KW, S_h, S_w,
+                            D_h, D_w, 0, 0, band)
+    return k.buf_size + k.band * W_out * ((n_dst + WGRAD_PAD - 1) // WGRAD_PAD * WGRAD_PAD)
+
+
+def correlate_weight_grad(const floating[:, :, :, ::1] src,   # (N, groups*n_src, H_src, W_src)
+                          const floating[:, :, :, ::1] gy,    # (N, groups*n_dst, H_out, W_out)
+                          double[:, ::1] partial,             # OUT (n_runs, groups*T*n_pad)
+                          double[:, ::1] work,                # scratch per thread: weight_grad_workspace()
+                          Py_ssize_t groups, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t S_h,
+                          Py_ssize_t S_w, Py_ssize_t D_h, Py_ssize_t D_w, Py_ssize_t pad_top,
+                          Py_ssize_t pad_left, Py_ssize_t band, int n_threads):
+    """The weight gradient of ``correlate`` (for a finite gy: the copies' zero padding is
+    multiplied by it), transposed:
+
+        partial[r, (g*T + (c*KH + u)*KW + v)*n_pad + o] = sum over run r of
+            gy[n, g*n_dst + o, i, j] * src[n, g*n_src + c, i*S_h - pad_top + u*D_h, ...]
+
+    with n_pad = n_dst rounded up to a multiple of WGRAD_PAD (16; the rest written, and
+    meaningless): the (sample, band) pairs are split into n_runs runs, in order, each summed
+    in double into its own row, so that the sum over the runs (the caller's) is the same
+    whatever the thread count."""
+    cdef Py_ssize_t N = src.shape[0]
+    cdef Py_ssize_t n_src = src.shape[1] // groups, n_dst = gy.shape[1] // groups
+    cdef Corr k = make_corr(n_src, src.shape[2], src.shape[3], n_dst, gy.shape[2],
+                            gy.shape[3], KH, KW, S_h, S_w, D_h, D_w, pad_top, pad_left, band)
+    cdef Py_ssize_t n_bands = (k.H_out + k.band - 1) // k.band
+    cdef Py_ssize_t n_pairs = N * n_bands, n_runs = partial.shape[0]
+    cdef Py_ssize_t ldo = (n_dst + WGRAD_PAD - 1) // WGRAD_PAD * WGRAD_PAD
+    cdef Py_ssize_t width = CNNX_WGRAD_F if floating is float else CNNX_WGRAD_D
+    cdef Py_ssize_t run, pair, n, g, i0, i1, ob, m, g_size = k.T * ldo
+    cdef Py_ssize_t[::1] offs = np.empty(max(k.T, 1), dtype=np.intp)
+    cdef floating* buf
+    cdef floating* gyT
+    cdef double* acc
+    corr_offsets(&k, &offs[0])
+    for run in prange(n_runs, nogil=True, schedule="static", num_threads=n_threads):
+        acc = &partial[run, 0]
+        buf = <floating*> &work[threadid(), 0]
+        gyT = buf + k.buf_size
+        for m in range(groups * g_size):
+            acc[m] = 0
+        if k.W_out == 0:
+            continue
+        for pair in range(run * n_pairs // n_runs, (run + 1) * n_pairs // n_runs):
+            n = pair // n_bands
+            i0 = (pair % n_bands) * k.band
+            i1 = min(i0 + k.band, k.H_out)
+            for g in range(groups):
+                corr_copy_band(&src[n, g * n_src, 0, 0], &k, i0, buf)
+                corr_gather_grad(&gy[n, g * n_dst, 0, 0], &k, i0, ldo, gyT)
+                for ob in range((n_dst + width - 1) // width):
+                    for m in range(0, k.T, 6):   # WGRAD_TAPS at a time
+                        if floating is float:
+                            cnnx_corr_wgrad_f(buf, &offs[0], m, min(WGRAD_TAPS, k.T - m),
+                                              gyT + ob * width, ldo, i1 - i0, k.W_out, k.Wq,
+                                              acc + g * g_size + ob * width, ldo)
+                        else:
+                            cnnx_corr_wgrad_d(buf, &offs[0], m, min(WGRAD_TAPS, k.T - m),
+                                              gyT + ob * width, ldo, i1 - i0, k.W_out, k.Wq,
+                                              acc + g * g_size + ob * width, ldo)

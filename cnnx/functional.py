@@ -205,6 +205,137 @@ WINOGRAD_MIN_SAMPLE_TILES = 36
 WINOGRAD_TILES = 128
 
 
+# The blocked direct kernels (_conv.correlate, _conv.correlate_weight_grad) copy a band of
+# input rows at a time, zero-padded and split into stride phases, of about this many values
+# (so that it stays in the L2 cache while every output channel block reads it) ...
+BLOCKED_BAND_VALUES = 1 << 14
+# ... and not for geometries where one output row's band would exceed this many values
+# (huge dilations, rows of millions of values): the per-plane direct loops run those.
+BLOCKED_MAX_BAND_VALUES = 1 << 22
+# correlate_weight_grad's partial sums: the (sample, band) pairs in this many runs, a
+# constant (not the thread count) so that the rounding is the same at every thread count.
+BLOCKED_GW_RUNS = 16
+
+
+def _corr_band(n_src, W_out, H_out, KH, KW, S_h, S_w, D_h, D_w):
+    """Output rows per band of a blocked correlation, or 0 when it does not fit (strides
+    over 8, or a single row's band over BLOCKED_MAX_BAND_VALUES values)."""
+    if S_h > 8 or S_w > 8:
+        return 0
+    n_phases = (len({(u * D_h) % S_h for u in range(KH)})
+                * len({(v * D_w) % S_w for v in range(KW)}))
+    halo = (D_h * (KH - 1)) // S_h
+    row = n_src * n_phases * (W_out + (D_w * (KW - 1)) // S_w)
+    if row * (1 + halo) > BLOCKED_MAX_BAND_VALUES:
+        return 0
+    return max(1, min(H_out, BLOCKED_BAND_VALUES // max(row, 1) - halo))
+
+
+def _blocked_weights(weight, groups, transposed=False):
+    """The kernels blocked for _conv.correlate: (groups, blocks) with block b (outputs
+    b*BLOCK on, _conv.block_width) at b*BLOCK*T, holding tap t's weights of its outputs at
+    t*width (zeros past the group's outputs).  ``transposed``: the kernels of the input
+    gradient (in <-> out channels swapped, flipped in both directions)."""
+    C_out, C_in_g, KH, KW = weight.shape
+    w = weight.reshape(groups, C_out // groups, C_in_g, KH, KW)
+    if transposed:
+        w = w[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    n_dst, B = w.shape[1], _conv.BLOCK
+    w = w.reshape(groups, n_dst, -1)
+    T = w.shape[2]
+    n_ob, last = _conv.block_width(n_dst)
+    wb = np.zeros((groups, ((n_ob - 1) * B + last) * T), dtype=weight.dtype)
+    for b in range(n_ob):
+        width = last if b == n_ob - 1 else B
+        block = wb[:, b * B * T:(b * B + width) * T].reshape(groups, T, width)
+        block[:, :, :min(width, n_dst - b * B)] = w[:, b * B:b * B + width].transpose(0, 2, 1)
+    return wb
+
+
+def _blocked_forward_band(spec, weight):
+    """Band rows for the blocked forward, or 0 when it does not apply: depthwise-like
+    groups (one output channel: the per-plane loops), or padding next to a non-finite
+    weight (the padding's zeros would meet it: 0 * inf = NaN)."""
+    if spec.C_out // spec.groups < 2:
+        return 0
+    padded = spec.pad_top or spec.pad_left or spec.pad_bottom or spec.pad_right
+    if padded and not _all_finite(weight):
+        return 0
+    return _corr_band(spec.C_in // spec.groups, spec.W_out, spec.H_out, spec.KH, spec.KW,
+                      spec.stride_h, spec.stride_w, spec.dilation_h, spec.dilation_w)
+
+
+def _blocked_input_grad_band(spec, weight):
+    """Band rows for the blocked input gradient (stride 1 only: the correlation of grad_y
+    with the flipped kernels, padded by D*(K-1) - P; a finite weight), or 0."""
+    if (spec.stride_h, spec.stride_w) != (1, 1) or spec.C_in // spec.groups < 2:
+        return 0
+    if not _all_finite(weight):
+        return 0
+    return _corr_band(spec.C_out // spec.groups, spec.W, spec.H, spec.KH, spec.KW, 1, 1,
+                      spec.dilation_h, spec.dilation_w)
+
+
+def _blocked_weight_grad_band(spec, grad_out_finite):
+    """Band rows for the blocked weight gradient (a finite grad_out: the copies' zero
+    padding is multiplied by it), or 0."""
+    if spec.C_out // spec.groups < 2 or not grad_out_finite:
+        return 0
+    return _corr_band(spec.C_in // spec.groups, spec.W_out, spec.H_out, spec.KH, spec.KW,
+                      spec.stride_h, spec.stride_w, spec.dilation_h, spec.dilation_w)
+
+
+def _blocked_work(n_src, H_src, W_src, n_dst, H_out, W_out, spec, stride, band, n_threads):
+    size = _conv.blocked_workspace(n_src, H_src, W_src, n_dst, H_out, W_out, spec.KH,
+                                   spec.KW, *stride, spec.dilation_h, spec.dilation_w, band)
+    return np.empty((n_threads, size), dtype=np.float64)
+
+
+def _blocked_conv(x, weight, b, has_bias, y, spec, band, work):
+    """y = conv2d(x, weight) + b through _conv.correlate."""
+    G = spec.groups
+    n_bands = -(-spec.H_out // band)
+    n_threads = _threads_for(work, spec.N * G * n_bands)
+    scratch = _blocked_work(spec.C_in // G, spec.H, spec.W, spec.C_out // G, spec.H_out,
+                            spec.W_out, spec, (spec.stride_h, spec.stride_w), band, n_threads)
+    _conv.correlate(x, _blocked_weights(weight, G), b, has_bias, y, scratch, G, spec.KH,
+                    spec.KW, spec.stride_h, spec.stride_w, spec.dilation_h, spec.dilation_w,
+                    spec.pad_top, spec.pad_left, band, n_threads)
+
+
+def _blocked_input_grad(grad_out, weight, grad_x, spec, band, work):
+    """grad_x of a stride-1 convolution through _conv.correlate (OUT grad_x)."""
+    G = spec.groups
+    n_threads = _threads_for(work, spec.N * G * -(-spec.H // band))
+    scratch = _blocked_work(spec.C_out // G, spec.H_out, spec.W_out, spec.C_in // G, spec.H,
+                            spec.W, spec, (1, 1), band, n_threads)
+    _conv.correlate(grad_out, _blocked_weights(weight, G, transposed=True),
+                    np.empty(0, grad_out.dtype), False, grad_x, scratch, G, spec.KH, spec.KW,
+                    1, 1, spec.dilation_h, spec.dilation_w,
+                    spec.dilation_h * (spec.KH - 1) - spec.pad_top,
+                    spec.dilation_w * (spec.KW - 1) - spec.pad_left, band, n_threads)
+
+
+def _blocked_weight_grad(grad_out, x, spec, band, work):
+    """grad_weight through _conv.correlate_weight_grad: per-run partial sums in double,
+    added up in run order."""
+    G, C_out_g, C_in_g = spec.groups, spec.C_out // spec.groups, spec.C_in // spec.groups
+    runs = max(1, min(BLOCKED_GW_RUNS, spec.N * -(-spec.H_out // band)))
+    n_threads = _threads_for(work, runs)
+    size = _conv.weight_grad_workspace(C_in_g, spec.H, spec.W, C_out_g, spec.H_out,
+                                       spec.W_out, spec.KH, spec.KW, spec.stride_h,
+                                       spec.stride_w, spec.dilation_h, spec.dilation_w, band)
+    scratch = np.empty((n_threads, size), dtype=np.float64)
+    n_pad, T = -(-C_out_g // 16) * 16, C_in_g * spec.KH * spec.KW
+    partial = np.empty((runs, G * T * n_pad), dtype=np.float64)
+    _conv.correlate_weight_grad(x, grad_out, partial, scratch, G, spec.KH, spec.KW,
+                                spec.stride_h, spec.stride_w, spec.dilation_h, spec.dilation_w,
+                                spec.pad_top, spec.pad_left, band, n_threads)
+    total = partial.sum(axis=0) if runs > 1 else partial[0]
+    grad_w = total.reshape(G, T, n_pad)[:, :, :C_out_g].transpose(0, 2, 1)
+    return np.ascontiguousarray(grad_w.reshape(spec.C_out, C_in_g, spec.KH, spec.KW), x.dtype)
+
+
 def _conv_work(spec):
     """Multiply-adds of one conv2d forward."""
     return (spec.N * spec.C_out * spec.H_out * spec.W_out
@@ -419,7 +550,10 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
     b = bias if has_bias else np.empty(0, dtype=x.dtype)
     algo = _choose_algorithm(algorithm, spec, weight, x)
     work = _conv_work(spec) // _CONV_WORK_SCALE
-    if algo == "direct":
+    band = _blocked_forward_band(spec, weight) if algo == "direct" else 0
+    if band:
+        _blocked_conv(x, weight, b, has_bias, y, spec, band, work)
+    elif algo == "direct":
         n_threads = _threads_for(work, spec.N * spec.C_out)
         acc = np.empty((n_threads, _conv.direct_scratch(spec)), dtype=np.float64)
         _conv.forward_direct(x, weight, b, has_bias, y, acc, spec, n_threads)
@@ -461,16 +595,24 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         grad_w = np.zeros(weight.shape, dtype=x.dtype)
     else:
         # grad_b sums every value of grad_out: if its sums are finite, so is grad_out
+        grad_out_finite = bool(np.isfinite(grad_b).all())
         algo = _choose_algorithm(algorithm, spec, grad_out, weight, x,
-                                 factor_finite=bool(np.isfinite(grad_b).all()))
+                                 factor_finite=grad_out_finite)
         work = _conv_work(spec) // _CONV_WORK_SCALE
         # the direct kernel writes every value of grad_x; the others add into it
         grad_x = (np.empty if algo == "direct" else np.zeros)(x.shape, dtype=x.dtype)
         if algo == "direct":
-            grad_w = np.empty(weight.shape, dtype=x.dtype)
-            n_threads = _threads_for(work, spec.N * spec.C_in)
-            acc = np.empty((n_threads, _conv.direct_scratch(spec)), dtype=np.float64)
-            _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, acc, spec, n_threads)
+            gx_band = _blocked_input_grad_band(spec, weight)
+            gw_band = _blocked_weight_grad_band(spec, grad_out_finite)
+            if gx_band:
+                _blocked_input_grad(grad_out, weight, grad_x, spec, gx_band, work)
+            grad_w = (_blocked_weight_grad(grad_out, x, spec, gw_band, work) if gw_band
+                      else np.empty(weight.shape, dtype=x.dtype))
+            if not (gx_band and gw_band):
+                n_threads = _threads_for(work, spec.N * spec.C_in)
+                acc = np.empty((n_threads, _conv.direct_scratch(spec)), dtype=np.float64)
+                _conv.backward_direct(grad_out, x, weight, grad_x, grad_w, acc, spec, n_threads,
+                                      not gx_band, not gw_band)
         elif algo == "winograd":
             _winograd_input_grad(grad_out, weight, grad_x, spec, work)
             grad_w = _winograd_weight_grad(grad_out, x, spec, work)
