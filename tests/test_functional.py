@@ -433,6 +433,120 @@ def test_conv_gemm_tiling_vs_torch(torch, case):
                 assert_vs_torch(r, e, f"{name} {algorithm} threads={n}")
 
 
+# The blocked direct kernels (_conv.correlate / correlate_weight_grad): outputs 6 or 4 per
+# register block (2..13 per group below), taps summed in runs of 128 (129 and 270 taps),
+# stride phases (strides 1..3 and 8), dilation, asymmetric padding, groups.
+BLOCKED_CASES = {
+    "out2": dict(x=(2, 3, 9, 8), w=(2, 3, 3, 3), kwargs=dict(padding=1)),
+    "out3-pad-asym": dict(x=(2, 2, 11, 7), w=(3, 2, 3, 2), kwargs=dict(padding=(2, 0))),
+    "out5-same": dict(x=(1, 4, 10, 12), w=(5, 4, 4, 3), kwargs=dict(padding="same")),
+    "out7-dilated": dict(x=(2, 3, 13, 11), w=(7, 3, 3, 3), kwargs=dict(padding=2, dilation=2)),
+    "out10-stride2": dict(x=(3, 3, 15, 16), w=(10, 3, 3, 3), kwargs=dict(stride=2, padding=1)),
+    "out11-stride3-dil": dict(x=(2, 2, 20, 19), w=(11, 2, 3, 4),
+                              kwargs=dict(stride=(3, 2), padding=(1, 3), dilation=(2, 3))),
+    "out12-stride8": dict(x=(2, 2, 30, 27), w=(12, 2, 3, 5), kwargs=dict(stride=8, padding=2)),
+    "out13-taps129": dict(x=(2, 129, 5, 6), w=(13, 129, 1, 1), kwargs=dict(padding=1)),
+    "out8-taps270": dict(x=(2, 30, 7, 7), w=(8, 30, 3, 3), kwargs=dict(padding=1)),
+    "groups": dict(x=(2, 6, 9, 10), w=(9, 2, 3, 3), kwargs=dict(groups=3, padding=1)),
+    "wide-kernel": dict(x=(1, 2, 6, 30), w=(4, 2, 2, 9), kwargs=dict(padding=(1, 4))),
+}
+
+
+@pytest.mark.parametrize("band_values", [1 << 14, 40], ids=["default-bands", "tiny-bands"])
+@pytest.mark.parametrize("case", sorted(BLOCKED_CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_blocked_direct_vs_reference(monkeypatch, case, dtype, band_values):
+    """algorithm='direct' takes the blocked kernels for dense groups of 2+ outputs (forward,
+    the stride-1 input gradient, the weight gradient): close to the reference, the same bits
+    at 1 and 2 threads and run to run; with tiny bands, many bands per image."""
+    import _reliability_helpers as RH
+
+    cfg = BLOCKED_CASES[case]
+    rng = np.random.default_rng(17)
+    x, w = H.normal(rng, cfg["x"], dtype), H.normal(rng, cfg["w"], dtype)
+    b = H.normal(rng, (cfg["w"][0],), dtype)
+    kw = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **cfg["kwargs"]}
+    spec = Fn.prepare_conv2d(x, w, b, **kw)[3]
+    monkeypatch.setattr(Fn, "BLOCKED_BAND_VALUES", band_values)
+    assert Fn._blocked_forward_band(spec, w) > 0
+    assert Fn._blocked_weight_grad_band(spec, True) > 0
+    stride1 = (spec.stride_h, spec.stride_w) == (1, 1)
+    assert (Fn._blocked_input_grad_band(spec, w) > 0) == (stride1 and spec.C_in // spec.groups > 1)
+    if band_values < 1 << 14:
+        assert Fn._blocked_forward_band(spec, w) < spec.H_out or spec.H_out == 1
+    y_ref = R.conv2d(x, w, b, **cfg["kwargs"])
+    g = H.normal(rng, y_ref.shape, dtype)
+    grads_ref = R.conv2d_backward(g, x, w, **cfg["kwargs"])
+    first = None
+    for n in (1, 2, 2):
+        with RH.forced_threads(n):
+            got = (Fn.conv2d(x, w, b, algorithm="direct", **cfg["kwargs"]),
+                   *Fn.conv2d_backward(g, x, w, algorithm="direct", **cfg["kwargs"]))
+        for name, r, e in zip(("y", "grad_x", "grad_w", "grad_b"), got, (y_ref, *grads_ref)):
+            assert_close(r, e, err_msg=f"{case} {name} threads={n}: ")
+            assert r.flags.c_contiguous and r.dtype == dtype
+        if first is None:
+            first = got
+        for name, r, e in zip(("y", "grad_x", "grad_w", "grad_b"), got, first):
+            assert_same(r, e, f"{case} {name}: {n} threads vs 1")
+
+
+def test_conv_blocked_direct_fallbacks():
+    """Where the blocked kernels do not apply, 'direct' runs the per-plane loops: one output
+    per group, strides over 8, a band of one row over BLOCKED_MAX_BAND_VALUES, and padding
+    next to a non-finite weight (forward, input gradient) or grad_out (weight gradient)."""
+    rng = np.random.default_rng(18)
+
+    def spec_of(x_shape, w_shape, **kw):
+        kw = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **kw}
+        return Fn.prepare_conv2d(np.zeros(x_shape), np.zeros(w_shape), None, **kw)[3]
+
+    w = np.ones((4, 2, 3, 3))
+    assert Fn._blocked_forward_band(spec_of((1, 2, 40, 40), w.shape, stride=8), w) > 0
+    assert Fn._blocked_forward_band(spec_of((1, 2, 40, 40), w.shape, stride=9), w) == 0
+    assert Fn._blocked_forward_band(spec_of((1, 4, 9, 9), (4, 1, 3, 3), groups=4),
+                                    np.ones((4, 1, 3, 3))) == 0
+    huge = spec_of((1, 2, 3000, 3000), (4, 2, 2, 2), dilation=2999)
+    assert Fn._blocked_forward_band(huge, np.ones((4, 2, 2, 2))) == 0
+    w_inf = w.copy()
+    w_inf[1, 0, 0, 0] = np.inf
+    padded = spec_of((1, 2, 6, 6), w.shape, padding=1)
+    assert Fn._blocked_forward_band(padded, w_inf) == 0
+    assert Fn._blocked_input_grad_band(padded, w_inf) == 0
+    assert Fn._blocked_forward_band(spec_of((1, 2, 6, 6), w.shape), w_inf) > 0   # no padding
+    assert Fn._blocked_weight_grad_band(padded, False) == 0
+    # and the results are still the formula's
+    x = H.normal(rng, (2, 2, 6, 6))
+    for weight, kw in [(w_inf, dict(padding=1)), (w_inf, {}), (w, dict(stride=9, padding=4))]:
+        with np.errstate(invalid="ignore"):
+            y = Fn.conv2d(x, weight, algorithm="direct", **kw)
+            assert_close(y, R.conv2d(x, weight, **kw))
+            g = H.with_specials(rng, y.shape, fraction=0.1)
+            for r, e in zip(Fn.conv2d_backward(g, x, weight, algorithm="direct", **kw),
+                            R.conv2d_backward(g, x, weight, **kw)):
+                assert_close(r, e)
+
+
+def test_auto_picks_blocked_direct_where_it_pays():
+    def pick(x_shape, w_shape, backward=False, **kw):
+        kw = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1, **kw}
+        w = np.ones(w_shape)
+        spec = Fn.prepare_conv2d(np.zeros(x_shape), w, None, **kw)[3]
+        return Fn._choose_algorithm("auto", spec, w, np.ones(x_shape), backward=backward)
+
+    assert pick((64, 1, 28, 28), (6, 1, 5, 5)) == "direct"                   # lenet
+    assert pick((64, 6, 14, 14), (16, 6, 5, 5), padding=0) == "direct"
+    assert pick((64, 6, 14, 14), (16, 6, 5, 5), backward=True, padding=0) == "direct"
+    assert pick((64, 3, 32, 32), (16, 3, 3, 3), stride=2) == "direct"
+    assert pick((64, 3, 32, 32), (16, 3, 3, 3), backward=True, stride=2) == "gemm"
+    assert pick((64, 3, 32, 32), (32, 3, 3, 3), backward=True) == "gemm"      # 32 outputs
+    assert pick((8, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3) == "direct"
+    assert pick((8, 3, 32, 32), (65, 3, 3, 3)) == "gemm"                       # > 64 outputs
+    assert pick((8, 27, 14, 14), (32, 27, 5, 5)) == "gemm"                     # 675 taps
+    assert pick((8, 64, 14, 14), (32, 64, 1, 1), padding=0) == "gemm"          # 1x1
+    assert pick((64, 32, 32, 32), (64, 32, 3, 3)) == "winograd"                # Winograd first
+
+
 def test_set_num_threads_roundtrip():
     before = cnnx.get_num_threads()
     with num_threads(2):

@@ -115,14 +115,16 @@ def test_auto_picks_winograd_only_where_it_pays():
     pick = Fn._choose_algorithm
     assert pick("auto", _spec(x.shape, w.shape), w, x) == "winograd"
     # not 3x3 / stride 1 / dilation 1
+    # (where Winograd does not pay, convolutions of at most BLOCKED_MAX_TAPS taps and
+    # BLOCKED_MAX_C_OUT outputs run the blocked direct kernels: see test_functional)
     assert pick("auto", _spec(x.shape, (32, 32, 5, 5)), np.ones((32, 32, 5, 5)), x) == "gemm"
-    assert pick("auto", _spec(x.shape, w.shape, stride=2), w, x) == "gemm"
-    assert pick("auto", _spec(x.shape, w.shape, dilation=2), w, x) == "gemm"
+    assert pick("auto", _spec(x.shape, w.shape, stride=2), w, x) == "direct"
+    assert pick("auto", _spec(x.shape, w.shape, dilation=2), w, x) == "direct"
     # too few channels, channel pairs or tiles
-    assert pick("auto", _spec((8, 3, 16, 16), (32, 3, 3, 3)), w, x) == "gemm"
-    assert pick("auto", _spec((8, 16, 16, 16), (16, 16, 3, 3)), w, x) == "gemm"
-    assert pick("auto", _spec((1, 32, 16, 16), w.shape), w, x) == "gemm"
-    assert pick("auto", _spec((3, 32, 16, 16), w.shape), w, x) == "gemm"      # 192 tiles
+    assert pick("auto", _spec((8, 3, 16, 16), (32, 3, 3, 3)), w, x) == "direct"
+    assert pick("auto", _spec((8, 16, 16, 16), (16, 16, 3, 3)), w, x) == "direct"
+    assert pick("auto", _spec((1, 32, 16, 16), w.shape), w, x) == "direct"
+    assert pick("auto", _spec((3, 32, 16, 16), w.shape), w, x) == "direct"    # 192 tiles
     assert pick("auto", _spec((4, 32, 16, 16), w.shape), w, x) == "winograd"  # 256
     big = np.ones((512, 512, 3, 3))
     assert pick("auto", _spec((8, 256, 14, 14), (256, 256, 3, 3)), big, x) == "winograd"
@@ -131,8 +133,9 @@ def test_auto_picks_winograd_only_where_it_pays():
     assert pick("auto", _spec((8, 32, 16, 16), (32, 1, 3, 3), groups=32), w, x) == "direct"
     assert pick("auto", _spec((8, 32, 10, 10), (32, 1, 3, 3), groups=32), w, x) == "direct"
     assert pick("auto", _spec((8, 32, 9, 9), (32, 1, 3, 3), groups=32), w, x) == "gemm"
-    assert pick("auto", _spec((8, 32, 16, 16), (64, 1, 3, 3), groups=32), w, x) == "gemm"
-    assert pick("auto", _spec((8, 32, 16, 16), (32, 2, 3, 3), groups=16), w, x) == "gemm"
+    # two or more outputs per group: the blocked direct kernels
+    assert pick("auto", _spec((8, 32, 16, 16), (64, 1, 3, 3), groups=32), w, x) == "direct"
+    assert pick("auto", _spec((8, 32, 16, 16), (32, 2, 3, 3), groups=16), w, x) == "direct"
     # explicit choices are kept
     assert pick("gemm", _spec(x.shape, w.shape), w, x) == "gemm"
 
