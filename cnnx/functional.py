@@ -210,8 +210,10 @@ WINOGRAD_TILES = 128
 # (so that it stays in the L2 cache while every output channel block reads it) ...
 BLOCKED_BAND_VALUES = 1 << 14
 # ... and not for geometries where one output row's band would exceed this many values
-# (huge dilations, rows of millions of values): the per-plane direct loops run those.
+# (rows of millions of values), or a kernel spans more than BLOCKED_MAX_SPAN rows or
+# columns (huge dilations: bands of mostly zeros): the per-plane direct loops run those.
 BLOCKED_MAX_BAND_VALUES = 1 << 22
+BLOCKED_MAX_SPAN = 1 << 10
 # correlate_weight_grad's partial sums: the (sample, band) pairs in this many runs, a
 # constant (not the thread count) so that the rounding is the same at every thread count.
 BLOCKED_GW_RUNS = 16
@@ -219,8 +221,9 @@ BLOCKED_GW_RUNS = 16
 
 def _corr_band(n_src, W_out, H_out, KH, KW, S_h, S_w, D_h, D_w):
     """Output rows per band of a blocked correlation, or 0 when it does not fit (strides
-    over 8, or a single row's band over BLOCKED_MAX_BAND_VALUES values)."""
-    if S_h > 8 or S_w > 8:
+    over 8, spans over BLOCKED_MAX_SPAN, or a single row's band over
+    BLOCKED_MAX_BAND_VALUES values)."""
+    if S_h > 8 or S_w > 8 or max(D_w * (KW - 1), D_h * (KH - 1)) > BLOCKED_MAX_SPAN:
         return 0
     n_phases = (len({(u * D_h) % S_h for u in range(KH)})
                 * len({(v * D_w) % S_w for v in range(KW)}))

@@ -445,6 +445,7 @@ BLOCKED_CASES = {
     "out11-stride3-dil": dict(x=(2, 2, 20, 19), w=(11, 2, 3, 4),
                               kwargs=dict(stride=(3, 2), padding=(1, 3), dilation=(2, 3))),
     "out12-stride8": dict(x=(2, 2, 30, 27), w=(12, 2, 3, 5), kwargs=dict(stride=8, padding=2)),
+    "out6-stride-7x5": dict(x=(2, 3, 30, 40), w=(6, 3, 4, 3), kwargs=dict(stride=(7, 5))),
     "out13-taps129": dict(x=(2, 129, 5, 6), w=(13, 129, 1, 1), kwargs=dict(padding=1)),
     "out8-taps270": dict(x=(2, 30, 7, 7), w=(8, 30, 3, 3), kwargs=dict(padding=1)),
     "groups": dict(x=(2, 6, 9, 10), w=(9, 2, 3, 3), kwargs=dict(groups=3, padding=1)),
@@ -493,8 +494,9 @@ def test_conv_blocked_direct_vs_reference(monkeypatch, case, dtype, band_values)
 
 def test_conv_blocked_direct_fallbacks():
     """Where the blocked kernels do not apply, 'direct' runs the per-plane loops: one output
-    per group, strides over 8, a band of one row over BLOCKED_MAX_BAND_VALUES, and padding
-    next to a non-finite weight (forward, input gradient) or grad_out (weight gradient)."""
+    per group, strides over 8, kernels spanning over BLOCKED_MAX_SPAN rows or columns, a
+    band of one row over BLOCKED_MAX_BAND_VALUES, and padding next to a non-finite weight
+    (forward, input gradient) or grad_out (weight gradient)."""
     rng = np.random.default_rng(18)
 
     def spec_of(x_shape, w_shape, **kw):
@@ -504,6 +506,9 @@ def test_conv_blocked_direct_fallbacks():
     w = np.ones((4, 2, 3, 3))
     assert Fn._blocked_forward_band(spec_of((1, 2, 40, 40), w.shape, stride=8), w) > 0
     assert Fn._blocked_forward_band(spec_of((1, 2, 40, 40), w.shape, stride=9), w) == 0
+    assert Fn._blocked_forward_band(spec_of((1, 2, 40, 40), w.shape, stride=(8, 9)), w) == 0
+    assert Fn._blocked_forward_band(spec_of((1, 2, 9, 2100), w.shape, dilation=(1, 512)), w) > 0
+    assert Fn._blocked_forward_band(spec_of((1, 2, 9, 2100), w.shape, dilation=(1, 513)), w) == 0
     assert Fn._blocked_forward_band(spec_of((1, 4, 9, 9), (4, 1, 3, 3), groups=4),
                                     np.ones((4, 1, 3, 3))) == 0
     huge = spec_of((1, 2, 3000, 3000), (4, 2, 2, 2), dilation=2999)
