@@ -708,8 +708,9 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike,
     grad_out, idx, shape, batched, result = prepare_max_pool2d_backward(
         grad_out, indices, input_shape, check_indices=False)
     N, C, H, W = shape
-    grad_x = np.zeros(shape, dtype=grad_out.dtype)
     P = N * C
+    # the kernel zeroes each plane before adding into it
+    grad_x = (np.empty if P and grad_out.size else np.zeros)(shape, dtype=grad_out.dtype)
     if P and grad_out.size:
         L = grad_out.shape[2] * grad_out.shape[3]
         n_threads = _threads_for(grad_out.size, P)
@@ -751,8 +752,8 @@ def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_
     grad_out, spec, count_pad, divisor, result = prepare_avg_pool2d_backward(
         grad_out, input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
         divisor_override)
-    grad_x = np.zeros(spec.in_shape, dtype=grad_out.dtype)
     P = spec.N * spec.C
+    grad_x = np.empty(spec.in_shape, dtype=grad_out.dtype)   # the kernel zeroes each plane
     if P:
         n_threads = _threads_for(grad_out.size * spec.KH * spec.KW, P)
         _pool.avg_pool_backward(grad_out.reshape(P, spec.H_out, spec.W_out),
