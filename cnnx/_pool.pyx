@@ -749,8 +749,9 @@ cdef void avg_pool_row_windows(const floating* x_plane, floating* y_row, const P
 
 cdef void avg_pool_grad_plane_windows(const floating* gy_plane, floating* gx_plane,
                                       const PoolGeom* g, const double* inv_row,
-                                      const double* inv_col) noexcept nogil:
-    """avg_pool_grad_plane window by window (rows of fewer than SHORT_ROW outputs)."""
+                                      const double* inv_col, bint once) noexcept nogil:
+    """avg_pool_grad_plane window by window (rows of fewer than SHORT_ROW outputs);
+    ``once``: the windows tile the plane, each element written once, not added to."""
     cdef Py_ssize_t h_lo, h_hi, w_lo, w_hi, padded, ih, w, i, j
     cdef floating share
     for i in range(g.H_out):
@@ -760,11 +761,11 @@ cdef void avg_pool_grad_plane_windows(const floating* gy_plane, floating* gx_pla
             share = divided(gy_plane[i * g.W_out + j], inv_row, inv_col, i, j)
             if w_lo == 0 and w_hi == g.W:  # whole rows: one contiguous run
                 for w in range(h_lo * g.W, h_hi * g.W):
-                    gx_plane[w] += share
+                    gx_plane[w] = share if once else gx_plane[w] + share
                 continue
             for ih in range(h_lo, h_hi):
                 for w in range(w_lo, w_hi):
-                    gx_plane[ih * g.W + w] += share
+                    gx_plane[ih * g.W + w] = share if once else gx_plane[ih * g.W + w] + share
 
 
 def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
@@ -776,6 +777,13 @@ def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
     cdef double[::1] inv_row, inv_col
     inv_row, inv_col = divisor_factors(&g, count_include_pad, divisor_override)
     cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
+    cdef bint whole = (g.H_out == 1 and g.W_out == 1 and g.pad_h == 0 and g.pad_w == 0
+                       and g.KH >= g.H and g.KW >= g.W)
+    if whole:   # global pooling: each plane one contiguous sum (what avg_pool_row_windows
+        # computes, without its per-row set-up: 32x512x7x7 forward 0.34 -> 0.12 ms)
+        for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
+            y[p, 0, 0] = divided(run_sum(&x[p, 0, 0], g.H * g.W), &inv_row[0], &inv_col[0], 0, 0)
+        return
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
@@ -792,17 +800,33 @@ def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
                       floating[:, :, ::1] grad_x,          # OUT (P, H, W)
                       spec, bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
     """One plane per work item (a plane's windows overlap when stride < kernel), zeroed by
-    its thread first (in cache for the additions)."""
+    its thread first (in cache for the additions) unless the windows tile it exactly (stride
+    = kernel, no padding, no rows or columns left over: global pooling, 2x2/2 on even
+    sizes), when every element is written once."""
     cdef PoolGeom g = make_geom(spec)
-    cdef Py_ssize_t p
+    cdef bint tiled = (g.stride_h == g.KH and g.stride_w == g.KW and g.pad_h == 0
+                       and g.pad_w == 0 and g.H_out * g.KH == g.H and g.W_out * g.KW == g.W)
+    cdef Py_ssize_t p, w
+    cdef floating share
+    cdef floating* gx
     cdef double[::1] inv_row, inv_col
     inv_row, inv_col = divisor_factors(&g, count_include_pad, divisor_override)
     cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
+    cdef bint whole = (g.H_out == 1 and g.W_out == 1 and g.pad_h == 0 and g.pad_w == 0
+                       and g.KH >= g.H and g.KW >= g.W)
+    if whole:   # global pooling: each plane filled with its share (32x512x7x7 0.33 -> 0.14 ms)
+        for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
+            share = divided(grad_out[p, 0, 0], &inv_row[0], &inv_col[0], 0, 0)
+            gx = &grad_x[p, 0, 0]
+            for w in range(g.H * g.W):
+                gx[w] = share
+        return
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
-        memset(&grad_x[p, 0, 0], 0, g.H * g.W * sizeof(floating))
+        if not tiled:
+            memset(&grad_x[p, 0, 0], 0, g.H * g.W * sizeof(floating))
         if g.W_out < SHORT_ROW:
             avg_pool_grad_plane_windows(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0],
-                                        &inv_col[0])
+                                        &inv_col[0], tiled)
         else:
             avg_pool_grad_plane(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0],
                                 &inv_col[0], &taps[0, 0])
