@@ -215,8 +215,11 @@ BLOCKED_BAND_VALUES = 1 << 14
 BLOCKED_MAX_BAND_VALUES = 1 << 22
 BLOCKED_MAX_SPAN = 1 << 10
 # correlate_weight_grad's partial sums: the (sample, band) pairs in this many runs, a
-# constant (not the thread count) so that the rounding is the same at every thread count.
+# constant (not the thread count) so that the rounding is the same at every thread count,
+# and fewer when the runs' partial sums would hold more than BLOCKED_GW_MAX_VALUES doubles
+# (a huge weight under an explicit algorithm='direct': one run, one thread).
 BLOCKED_GW_RUNS = 16
+BLOCKED_GW_MAX_VALUES = 1 << 22
 
 
 def _corr_band(n_src, W_out, H_out, KH, KW, S_h, S_w, D_h, D_w):
@@ -323,13 +326,14 @@ def _blocked_weight_grad(grad_out, x, spec, band, work):
     """grad_weight through _conv.correlate_weight_grad: per-run partial sums in double,
     added up in run order."""
     G, C_out_g, C_in_g = spec.groups, spec.C_out // spec.groups, spec.C_in // spec.groups
-    runs = max(1, min(BLOCKED_GW_RUNS, spec.N * -(-spec.H_out // band)))
+    n_pad, T = -(-C_out_g // 16) * 16, C_in_g * spec.KH * spec.KW
+    runs = max(1, min(BLOCKED_GW_RUNS, spec.N * -(-spec.H_out // band),
+                      BLOCKED_GW_MAX_VALUES // (G * T * n_pad)))
     n_threads = _threads_for(work, runs)
     size = _conv.weight_grad_workspace(C_in_g, spec.H, spec.W, C_out_g, spec.H_out,
                                        spec.W_out, spec.KH, spec.KW, spec.stride_h,
                                        spec.stride_w, spec.dilation_h, spec.dilation_w, band)
     scratch = np.empty((n_threads, size), dtype=np.float64)
-    n_pad, T = -(-C_out_g // 16) * 16, C_in_g * spec.KH * spec.KW
     partial = np.empty((runs, G * T * n_pad), dtype=np.float64)
     _conv.correlate_weight_grad(x, grad_out, partial, scratch, G, spec.KH, spec.KW,
                                 spec.stride_h, spec.stride_w, spec.dilation_h, spec.dilation_w,
