@@ -492,6 +492,26 @@ def test_conv_blocked_direct_vs_reference(monkeypatch, case, dtype, band_values)
             assert_same(r, e, f"{case} {name}: {n} threads vs 1")
 
 
+def test_conv_blocked_weight_grad_runs(monkeypatch):
+    """The blocked weight gradient sums in BLOCKED_GW_RUNS runs, fewer when their partial
+    sums would exceed BLOCKED_GW_MAX_VALUES (down to one run): the same result within
+    rounding, and bit-identical at 1 and 2 threads for each setting."""
+    import _reliability_helpers as RH
+
+    rng = np.random.default_rng(19)
+    x, w = H.normal(rng, (5, 3, 12, 11)), H.normal(rng, (7, 3, 3, 3))
+    g = H.normal(rng, R.conv2d(x, w, padding=1).shape)
+    expected = R.conv2d_backward(g, x, w, padding=1)[1]
+    for limit in (1 << 22, 1):
+        monkeypatch.setattr(Fn, "BLOCKED_GW_MAX_VALUES", limit)
+        got = []
+        for n in (1, 2):
+            with RH.forced_threads(n):
+                got.append(Fn.conv2d_backward(g, x, w, padding=1, algorithm="direct")[1])
+        assert_close(got[0], expected)
+        assert_same(got[1], got[0], f"limit {limit}: 2 threads vs 1")
+
+
 def test_conv_blocked_direct_fallbacks():
     """Where the blocked kernels do not apply, 'direct' runs the per-plane loops: one output
     per group, strides over 8, kernels spanning over BLOCKED_MAX_SPAN rows or columns, a
