@@ -25,10 +25,15 @@ DTYPES = st.sampled_from([np.float64, np.float32, np.float32, np.float64, np.flo
 
 @contextmanager
 def num_threads(n):
-    previous = cnnx.set_num_threads(n)
+    """``n`` kernel threads; with n > 1 even for small inputs (which cnnx would otherwise
+    run on one thread, see functional._PARALLEL_MIN_WORK)."""
+    previous, old_min = cnnx.set_num_threads(n), Fn._PARALLEL_MIN_WORK
+    if n > 1:
+        Fn._PARALLEL_MIN_WORK = 0
     try:
         yield
     finally:
+        Fn._PARALLEL_MIN_WORK = old_min
         cnnx.set_num_threads(previous)
 
 
@@ -180,8 +185,8 @@ def test_relu_vs_reference(shape, seed, dtype):
             assert_same(gx, R.relu_backward(g, x))
 
 
-# Tiny shapes stay on one thread (cnnx only goes parallel above a work threshold):
-# these medium sizes make the 2-thread paths (and the per-thread reductions) run.
+# Medium sizes: several work items per thread (num_threads(2) forces the 2-thread paths,
+# and the per-thread reductions, whatever the size).
 MEDIUM_CONV = [
     dict(x=(2, 8, 12, 12), w=(8, 8, 3, 3), kwargs=dict(padding=1)),
     dict(x=(2, 8, 14, 13), w=(6, 4, 2, 3), kwargs=dict(stride=(2, 1), groups=2, dilation=(1, 2))),
