@@ -1207,7 +1207,7 @@ cdef extern from *:
     }
     #  define CNNX_CORR_ROWS6(M) M(0) M(1) M(2) M(3) M(4) M(5)
     #  define CNNX_CORR_ROWS4(M) M(0) M(1) M(2) M(3)
-    #  define CNNX_CORR_BLOCK(T, S) \
+    #  define CNNX_CORR_BLOCKS(T, S) \
     CNNX_CORR_KERNEL(T, S, cnnx_corr_block6_##S, 6, CNNX_CORR_ROWS6) \
     CNNX_CORR_KERNEL(T, S, cnnx_corr_block4_##S, 4, CNNX_CORR_ROWS4)
     #else
@@ -1222,10 +1222,19 @@ cdef extern from *:
                 dst[o * ld + q] = s; \
             } \
     }
-    #  define CNNX_CORR_BLOCK(T, S) \
+    #  define CNNX_CORR_BLOCKS(T, S) \
     CNNX_CORR_KERNEL(T, cnnx_corr_block6_##S, 6) \
     CNNX_CORR_KERNEL(T, cnnx_corr_block4_##S, 4)
     #endif
+    /* the block of ``width`` (6 or 4) outputs */
+    #define CNNX_CORR_BLOCK(T, S) \
+    CNNX_CORR_BLOCKS(T, S) \
+    static void cnnx_corr_block_##S(int width, const T *src, const Py_ssize_t *offs, \
+                                    Py_ssize_t t0, Py_ssize_t t1, const T *wb, T *dst, \
+                                    Py_ssize_t ld, Py_ssize_t n_pos) { \
+        if (width == 6) cnnx_corr_block6_##S(src, offs, t0, t1, wb, dst, ld, n_pos); \
+        else cnnx_corr_block4_##S(src, offs, t0, t1, wb, dst, ld, n_pos); \
+    }
     CNNX_CORR_BLOCK(float, f)
     CNNX_CORR_BLOCK(double, d)
 
@@ -1301,18 +1310,12 @@ cdef extern from *:
         CORR_OB "CNNX_CORR_OB"
         CORR_OB_SMALL "CNNX_CORR_OB_SMALL"
         CORR_SLACK "CNNX_CORR_SLACK"
-    void cnnx_corr_block6_f(const float* src, const Py_ssize_t* offs, Py_ssize_t t0,
-                            Py_ssize_t t1, const float* wb, float* dst, Py_ssize_t ld,
-                            Py_ssize_t n_pos) noexcept nogil
-    void cnnx_corr_block6_d(const double* src, const Py_ssize_t* offs, Py_ssize_t t0,
-                            Py_ssize_t t1, const double* wb, double* dst, Py_ssize_t ld,
-                            Py_ssize_t n_pos) noexcept nogil
-    void cnnx_corr_block4_f(const float* src, const Py_ssize_t* offs, Py_ssize_t t0,
-                            Py_ssize_t t1, const float* wb, float* dst, Py_ssize_t ld,
-                            Py_ssize_t n_pos) noexcept nogil
-    void cnnx_corr_block4_d(const double* src, const Py_ssize_t* offs, Py_ssize_t t0,
-                            Py_ssize_t t1, const double* wb, double* dst, Py_ssize_t ld,
-                            Py_ssize_t n_pos) noexcept nogil
+    void cnnx_corr_block_f(int width, const float* src, const Py_ssize_t* offs,
+                           Py_ssize_t t0, Py_ssize_t t1, const float* wb, float* dst,
+                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
+    void cnnx_corr_block_d(int width, const double* src, const Py_ssize_t* offs,
+                           Py_ssize_t t0, Py_ssize_t t1, const double* wb, double* dst,
+                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
     Py_ssize_t CNNX_WGRAD_F
     Py_ssize_t CNNX_WGRAD_D
     void cnnx_corr_wgrad_f(const float* src, const Py_ssize_t* offs, Py_ssize_t t0, int nt,
@@ -1387,15 +1390,9 @@ cdef inline void corr_block(const floating* buf, const Py_ssize_t* offs, const f
     while t0 < k.T:
         t1 = min(t0 + CORR_TAP_RUN, k.T)
         if floating is float:
-            if width == CORR_OB:
-                cnnx_corr_block6_f(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
-            else:
-                cnnx_corr_block4_f(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
+            cnnx_corr_block_f(<int> width, buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
         else:
-            if width == CORR_OB:
-                cnnx_corr_block6_d(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
-            else:
-                cnnx_corr_block4_d(buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
+            cnnx_corr_block_d(<int> width, buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
         if t0 > 0 or t1 < k.T:
             for o in range(width):
                 m = o * k.out_ld

@@ -304,11 +304,9 @@ cdef void max_pool_window_row(const floating* x_plane, floating* y_row, long lon
         max_windows(x0, g.W, y, idx, idx0, n, 2, 2)
     else:
         max_windows(x0, g.W, y, idx, idx0, n, 1, 2)
-    for j in range(g.win_a):
-        w_lo = j * S - g.pad_w
-        max_window_clipped(x_plane, g.W, h0, max(w_lo, 0), min(w_lo + K, g.W), K,
-                           y_row + j, idx_row + j)
-    for j in range(g.win_b, g.W_out):
+    for j in range(g.W_out):
+        if g.win_a <= j < g.win_b:
+            continue
         w_lo = j * S - g.pad_w
         max_window_clipped(x_plane, g.W, h0, max(w_lo, 0), min(w_lo + K, g.W), K,
                            y_row + j, idx_row + j)
@@ -316,10 +314,8 @@ cdef void max_pool_window_row(const floating* x_plane, floating* y_row, long lon
 
 cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
                        const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col,
-                       const Py_ssize_t* taps, code_t code_kind, Py_ssize_t j_start,
-                       Py_ssize_t j_end) noexcept nogil:
-    """Outputs [j_start, j_end) of row i of one plane, walked tap by tap in window order
-    (u, then v).
+                       const Py_ssize_t* taps, code_t code_kind) noexcept nogil:
+    """Output row i of one plane, walked tap by tap in window order (u, then v).
 
     Each output j first holds -inf and the index of its first tap inside the
     input; every tap (u, v) then sweeps the outputs whose window it falls in.
@@ -355,9 +351,9 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
     cdef code_t cand
     cdef const floating* x_row
     valid_range(h0, g.dilation_h, g.H, g.KH, &u_lo, &u_hi)
-    j0 = j_start
-    while j0 < j_end:
-        jn = min(<Py_ssize_t> CHUNK, j_end - j0)
+    j0 = 0
+    while j0 < g.W_out:
+        jn = min(<Py_ssize_t> CHUNK, g.W_out - j0)
         # every window row of the chunk inside the input: sweep x_row itself
         inside = (whole_row_range(g, taps, g.dilation_w, j0, jn, &a, &b, &border)
                   and a == 0 and b == jn)
@@ -433,10 +429,10 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
             max_pool_window_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i)
         elif small:
             max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
-                         &taps[0, 0], <int> 0, 0, g.W_out)
+                         &taps[0, 0], <int> 0)
         else:
             max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
-                         &taps[0, 0], <long long> 0, 0, g.W_out)
+                         &taps[0, 0], <long long> 0)
 
 
 def max_pool_backward(const floating[:, ::1] grad_out,     # (P, H_out*W_out)
