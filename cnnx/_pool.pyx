@@ -404,6 +404,56 @@ cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_
         j0 += jn
 
 
+cdef enum:
+    STAGE_OUTPUTS = 1024    # max_pool_staged_rows: whole rows of at most this many outputs
+
+
+cdef inline bint staged_fits(const PoolGeom* g) noexcept nogil:
+    """2x2 windows, column stride 2, no padding or dilation, every window inside the input
+    (no ceil_mode overhang), rows of at most STAGE_OUTPUTS outputs: max_pool_staged_rows."""
+    return (g.KH == 2 and g.KW == 2 and g.stride_w == 2 and g.pad_h == 0 and g.pad_w == 0
+            and g.dilation_h == 1 and g.dilation_w == 1 and g.W_out <= STAGE_OUTPUTS
+            and 2 * g.W_out <= g.W and (g.H_out - 1) * g.stride_h + 2 <= g.H)
+
+
+cdef void max_pool_staged_rows(const floating* x, floating* y, long long* idx,
+                               const PoolGeom* g, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Output rows [r0, r1) of all the planes (row r: plane r // H_out, row r % H_out; y
+    and idx flat, (P*H_out*W_out); at most STAGE_OUTPUTS outputs), for staged_fits: their
+    windows' top and bottom rows
+    copied one after another into ``top`` and ``bot``, where output q's window is
+    top[2q], top[2q+1], bot[2q], bot[2q+1] -- so one vectorised loop covers all the rows'
+    outputs, without a loop's set-up and remainder per row (a row of 4 outputs does not
+    vectorise at all).  Taps and codes (0, 1, W, W+1) in window order, as max_windows.
+    Measured (AMD EPYC, AVX2, 1 thread, float32 | float64 forward) against
+    max_pool_window_row: 64x256x8x8 1.42 -> 0.64 | 1.54 -> 0.87 ms, 64x32x32x32 1.51 -> 0.77
+    | 2.04 -> 1.98, 8x64x56x56 1.05 -> 0.54 | 1.48 -> 1.24."""
+    cdef Py_ssize_t n = g.W_out, r, q, c, i, h0, m = (r1 - r0) * n
+    cdef floating top[2 * STAGE_OUTPUTS]
+    cdef floating bot[2 * STAGE_OUTPUTS]
+    cdef long long base[STAGE_OUTPUTS]
+    cdef const floating* row
+    cdef floating best
+    cdef int code
+    for r in range(r0, r1):
+        i = r % g.H_out
+        h0 = i * g.stride_h
+        row = x + ((r // g.H_out) * g.H + h0) * g.W
+        for c in range(2 * n):
+            top[(r - r0) * 2 * n + c] = row[c]
+            bot[(r - r0) * 2 * n + c] = row[g.W + c]
+        for c in range(n):
+            base[(r - r0) * n + c] = h0 * g.W + 2 * c
+    for q in range(m):
+        best = top[2 * q]
+        code = 0
+        max_update(top[2 * q + 1], <int> 1, &best, &code)
+        max_update(bot[2 * q], <int> g.W, &best, &code)
+        max_update(bot[2 * q + 1], <int> (g.W + 1), &best, &code)
+        y[r0 * n + q] = best
+        idx[r0 * n + q] = base[q] + code
+
+
 def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
                      floating[:, :, ::1] y,         # OUT (P, H_out, W_out)
                      long long[:, :, ::1] indices,  # OUT (P, H_out, W_out)
@@ -419,6 +469,14 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
     cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, g.dilation_w)
     # codes lie in (-CHUNK*stride_w, H*W): 32 bits suffice for any plane of practical size
     cdef bint small = g.H * g.W < (1 << 30) and g.stride_w < (1 << 30) // CHUNK
+    cdef Py_ssize_t n_rows = g.P * g.H_out
+    cdef Py_ssize_t run = max(1, STAGE_OUTPUTS // max(g.W_out, 1))   # rows per staged run
+    if small and staged_fits(&g):
+        for item in prange((n_rows + run - 1) // run, nogil=True, schedule="static",
+                           num_threads=n_threads):
+            max_pool_staged_rows(&x[0, 0, 0], &y[0, 0, 0], &indices[0, 0, 0], &g,
+                                 item * run, min((item + 1) * run, n_rows))
+        return
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out

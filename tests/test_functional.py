@@ -497,6 +497,27 @@ def test_conv_blocked_direct_vs_reference(monkeypatch, case, dtype, band_values)
             assert_same(r, e, f"{case} {name}: {n} threads vs 1")
 
 
+@pytest.mark.parametrize("shape, stride", [
+    ((2, 3, 8, 600), 2),        # 300 outputs a row: runs of 3 rows, crossing planes
+    ((1, 2, 5, 2048), (1, 2)),  # 1024 outputs a row (the most one run holds), rows overlap
+    ((1, 2, 4, 2050), 2),       # 1025: window by window instead
+    ((5, 7, 9, 9), 2),          # odd sizes: the last row and column left out
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_2x2_staged_rows_vs_reference(shape, stride, dtype):
+    """2x2 max pooling with column stride 2 and no padding copies the windows' rows of
+    several output rows into one run (_pool.max_pool_staged_rows): values, first-max ties
+    and NaNs as the reference, at 1 and 2 threads."""
+    rng = np.random.default_rng(23)
+    x = H.with_specials(rng, shape, dtype, fraction=0.05)
+    y_ref, idx_ref = R.max_pool2d(x, 2, stride)
+    for n in THREADS:
+        with num_threads(n):
+            y, idx = Fn.max_pool2d(x, 2, stride)
+        assert_same(y, y_ref, f"threads={n}")
+        assert_same(idx, idx_ref, f"threads={n}")
+
+
 def test_conv_blocked_weight_grad_runs(monkeypatch):
     """The blocked weight gradient sums in BLOCKED_GW_RUNS runs, fewer when their partial
     sums would exceed BLOCKED_GW_MAX_VALUES (down to one run): the same result within
