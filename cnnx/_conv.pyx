@@ -1161,11 +1161,12 @@ def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, 
 # so that tap (c, u, v) of output (i, j) is buf[offs[t] + (i - i0)*Wq + j] with
 # offs[t] = plane (c, (u*D_h) % S_h, (v*D_w) % S_w) + ((u*D_h) // S_h)*Wq + (v*D_w) // S_w:
 # every tap is one contiguous run over the band, whatever the stride and dilation.  The
-# kernel keeps CORR_OB output channels x CORR_NV vectors of pixels in registers and adds
-# tap after tap into them (one load of pixels, CORR_OB multiply-adds per vector and tap).
-# Rows are Wq = W_out + (D_w*(KW-1)) // S_w wide, so the last Wq - W_out values of each
-# row are not outputs (computed, never stored).  The input gradient of a stride-1
-# convolution is the same correlation of grad_y with the kernels flipped and transposed.
+# kernel keeps CORR_OB (6, or 4 for a last block) output channels x 2 vectors of pixels
+# in registers and adds tap after tap into them (two loads of pixels, 12 multiply-adds per
+# tap).  Rows are Wq = W_out + (D_w*(KW-1)) // S_w wide, so the last Wq - W_out values of
+# each row are not outputs (computed, never stored).  The input gradient of a stride-1
+# convolution is the same correlation of grad_y with the kernels flipped and transposed;
+# the weight gradient (correlate_weight_grad) reads the same band copies.
 cdef extern from *:
     """
     enum { CNNX_CORR_OB = 6, CNNX_CORR_OB_SMALL = 4, CNNX_CORR_SLACK = 64 };
@@ -1344,7 +1345,7 @@ cdef struct Corr:
     Py_ssize_t last_w              # outputs in the last block (block_width)
     Py_ssize_t buf_size, out_ld    # scratch: band copy, one block's band of outputs
     Py_ssize_t pa[8]               # the phases used (rows, then columns); 8 >= any stride
-    Py_ssize_t pb[8]               # blocked_fits allows
+    Py_ssize_t pb[8]               # functional._corr_band allows
 
 
 cdef inline void corr_copy_band(const floating* src, const Corr* k, Py_ssize_t i0,
@@ -1436,7 +1437,7 @@ cdef Corr make_corr(Py_ssize_t n_src, Py_ssize_t H_src, Py_ssize_t W_src, Py_ssi
                     Py_ssize_t H_out, Py_ssize_t W_out, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t S_h, Py_ssize_t S_w, Py_ssize_t D_h, Py_ssize_t D_w,
                     Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t band):
-    """The geometry of a blocked correlation (strides at most 8: see blocked_fits)."""
+    """The geometry of a blocked correlation (strides at most 8: functional._corr_band)."""
     cdef Corr k
     cdef Py_ssize_t a, u
     k.n_src, k.H_src, k.W_src, k.n_dst, k.H_out, k.W_out = n_src, H_src, W_src, n_dst, H_out, W_out
