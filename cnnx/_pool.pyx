@@ -27,7 +27,7 @@ from libc.string cimport memset
 
 import numpy as np
 
-from cnnx._kernel_utils cimport valid_range
+from cnnx._kernel_utils cimport cnnx_prefetch, valid_range
 
 
 ctypedef fused code_t:
@@ -250,68 +250,6 @@ cdef inline void sweep_window_row(bint inside, const floating* x_row, Py_ssize_t
     max_sweep_phased(phase0, phase1, cand, best, code, jr, S, K)
 
 
-cdef inline void max_windows(const floating* x0, Py_ssize_t W, floating* y, long long* idx,
-                             long long idx0, Py_ssize_t n, Py_ssize_t S,
-                             Py_ssize_t K) noexcept nogil:
-    """y[j], idx[j] = max over the K x K window at x0 + j*S (rows W apart, every tap inside
-    the input) and idx0 + j*S + the offset of its first maximum (a NaN wins, the last one),
-    for j < n: the window's taps in order, starting from its first.  Called with constant S
-    and K, so the taps unroll and the loop over j vectorises (strided loads for S = 2)."""
-    cdef Py_ssize_t j, u, v
-    cdef floating best
-    cdef int code
-    for j in range(n):
-        best = x0[j * S]
-        code = 0
-        for u in range(K):
-            for v in range(K):
-                if u > 0 or v > 0:
-                    max_update(x0[u * W + j * S + v], <int> (u * W + v), &best, &code)
-        y[j] = best
-        idx[j] = idx0 + j * S + code
-
-
-cdef inline void max_window_clipped(const floating* x_plane, Py_ssize_t W, Py_ssize_t h0,
-                                    Py_ssize_t w_lo, Py_ssize_t w_hi, Py_ssize_t K,
-                                    floating* y, long long* idx) noexcept nogil:
-    """y, idx = the max of the window rows [h0, h0 + K) (all inside the input), columns
-    [w_lo, w_hi) (its part inside the input, not empty), taps in window order from the
-    first, as max_windows: the border outputs of a window-by-window row."""
-    cdef Py_ssize_t u, w
-    cdef floating best = x_plane[h0 * W + w_lo]
-    cdef long long code = h0 * W + w_lo
-    for u in range(h0, h0 + K):
-        for w in range(w_lo, w_hi):
-            if u > h0 or w > w_lo:
-                max_update(x_plane[u * W + w], <long long> (u * W + w), &best, &code)
-    y[0] = best
-    idx[0] = code
-
-
-cdef void max_pool_window_row(const floating* x_plane, floating* y_row, long long* idx_row,
-                              const PoolGeom* g, Py_ssize_t i) noexcept nogil:
-    """Row i (window_row), window by window: outputs [win_a, win_b) with max_windows, the
-    border ones (their windows cut by the padding) one by one.  Measured (AMD EPYC, AVX2,
-    1 thread, 2x2/2 forward, float32 | float64), against the sweeps of max_pool_row:
-    64x32x32x32 1.57 -> 0.89 | 2.19 -> 1.53 ms, 64x256x8x8 2.36 -> 1.19 | 2.70 -> 1.31."""
-    cdef Py_ssize_t h0 = i * g.stride_h - g.pad_h, S = g.stride_w, K = 2
-    cdef Py_ssize_t w0 = g.win_a * S - g.pad_w, n = g.win_b - g.win_a, j, w_lo
-    cdef const floating* x0 = x_plane + h0 * g.W + w0
-    cdef floating* y = y_row + g.win_a
-    cdef long long* idx = idx_row + g.win_a
-    cdef long long idx0 = h0 * g.W + w0
-    if S == 2:
-        max_windows(x0, g.W, y, idx, idx0, n, 2, 2)
-    else:
-        max_windows(x0, g.W, y, idx, idx0, n, 1, 2)
-    for j in range(g.W_out):
-        if g.win_a <= j < g.win_b:
-            continue
-        w_lo = j * S - g.pad_w
-        max_window_clipped(x_plane, g.W, h0, max(w_lo, 0), min(w_lo + K, g.W), K,
-                           y_row + j, idx_row + j)
-
-
 cdef void max_pool_row(const floating* x_plane, floating* y_row, long long* idx_row,
                        const PoolGeom* g, Py_ssize_t i, const Py_ssize_t* first_col,
                        const Py_ssize_t* taps, code_t code_kind) noexcept nogil:
@@ -454,38 +392,208 @@ cdef void max_pool_staged_rows(const floating* x, floating* y, long long* idx,
         idx[r0 * n + q] = base[q] + code
 
 
+cdef enum:
+    # max_pool_phased_band: staged values of one band (all its phases), per thread
+    PHASED_VALUES = 1 << 14
+
+
+cdef inline bint phased_fits(const PoolGeom* g) noexcept nogil:
+    """Windows of 1 to 3 x 1 to 3, column stride 1 or 2, no dilation: max_pool_phased_band."""
+    return (1 <= g.KH <= 3 and 1 <= g.KW <= 3 and 1 <= g.stride_w <= 2
+            and g.dilation_h == 1 and g.dilation_w == 1)
+
+
+cdef inline Py_ssize_t row_phases(const PoolGeom* g) noexcept nogil:
+    """Row phases of a band: rows i*S_h - P_h + rho for rho < this (the rest never read)."""
+    return min(g.stride_h, g.KH)
+
+
+cdef inline Py_ssize_t phased_width(const PoolGeom* g) noexcept nogil:
+    """Columns of a staged row: output j's taps are its column phases' columns j .. j+1."""
+    return g.W_out + (g.KW - 1) // g.stride_w
+
+
+cdef inline Py_ssize_t phased_values(const PoolGeom* g, Py_ssize_t n_rows) noexcept nogil:
+    """Staged values of a band of n_rows output rows: every (row phase, column phase)
+    holds n_rows + (its halo) rows of phased_width columns; then the band's results."""
+    cdef Py_ssize_t rho, rows = 0
+    for rho in range(row_phases(g)):
+        rows += n_rows + (g.KH - 1 - rho) // g.stride_h
+    return rows * g.stride_w * phased_width(g) + 2 * n_rows * phased_width(g)
+
+
+cdef inline void max_phased_taps(const floating* stage, const Py_ssize_t* phase_at,
+                                 floating* best, code_t* code, Py_ssize_t n, Py_ssize_t Wq,
+                                 Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH,
+                                 Py_ssize_t SW) noexcept nogil:
+    """best[q], code[q] = the max over the window of staged output q (q = row*Wq + column of
+    the band) and the offset u*W + v of its first maximum (the last NaN), the taps in
+    window order: tap (u, v) is stage[phase_at[(u % SH)*SW + v % SW] + (u // SH)*Wq
+    + v // SW + q].  Called with constant KH, KW, SH, SW: the taps unroll and the loop
+    over q vectorises with contiguous loads."""
+    cdef Py_ssize_t q, u, v
+    cdef floating b
+    cdef code_t c
+    cdef const floating* phase[6]
+    for u in range(min(SH, KH)):
+        for v in range(SW):
+            phase[u * SW + v] = stage + phase_at[u * SW + v]
+    for q in range(n):
+        b = -INFINITY
+        c = 0
+        for u in range(KH):
+            for v in range(KW):
+                max_update(phase[(u % SH) * SW + v % SW][(u // SH) * Wq + v // SW + q],
+                           <code_t> (u * W + v), &b, &c)
+        best[q] = b
+        code[q] = c
+
+
+cdef inline void stage_edge(const floating* x_row, Py_ssize_t W, Py_ssize_t w, Py_ssize_t S,
+                            floating* phase0, floating* phase1) noexcept nogil:
+    phase0[0] = x_row[w] if 0 <= w < W else -INFINITY
+    if S == 2:
+        phase1[0] = x_row[w + 1] if 0 <= w + 1 < W else -INFINITY
+
+
+cdef inline void stage_row(const floating* x_row, Py_ssize_t W, Py_ssize_t start, Py_ssize_t S,
+                           Py_ssize_t n, floating* phase0, floating* phase1) noexcept nogil:
+    """phase_s[m] = x_row[start + m*S + s] for m < n and s < S (S = 1 or 2; phase1 for S =
+    2 only), -inf where that column lies outside [0, W): one pass over the row."""
+    cdef Py_ssize_t m, lo, hi
+    valid_range(start, S, W - S + 1, n, &lo, &hi)   # every column of m inside
+    for m in range(lo):
+        stage_edge(x_row, W, start + m * S, S, phase0 + m, phase1 + m)
+    for m in range(hi, n):
+        stage_edge(x_row, W, start + m * S, S, phase0 + m, phase1 + m)
+    for m in range(lo, hi):
+        phase0[m] = x_row[start + m * S]
+        if S == 2:
+            phase1[m] = x_row[start + m * S + 1]
+
+
+cdef void max_pool_phased_band(const floating* x_plane, floating* y_plane, long long* idx_plane,
+                               const PoolGeom* g, Py_ssize_t i0, Py_ssize_t i1,
+                               floating* work, const floating* prefetch_end) noexcept nogil:
+    """Output rows [i0, i1) of one plane, for phased_fits.  The band's window rows are
+    copied once into ``work``, split into row phases (input rows i*S_h - P_h + rho) and
+    column phases (columns j*S_w - P_w + sigma), padding and the ceil_mode overhang as
+    -inf: tap (u, v) of output (i, j) is then element (i - i0 + u // S_h, j + v // S_w)
+    of phase (u % S_h, v % S_w), so one vectorised loop (max_phased_taps) runs over the
+    whole band, rows one after another (a row's extra columns computed, never stored).
+    A window whose maximum is -inf points at its first tap inside the input (PyTorch)."""
+    cdef Py_ssize_t Wq = phased_width(g), n_rows = i1 - i0, rho, sigma, r, rows, h, j, i
+    cdef Py_ssize_t at = 0, h0, w0, q
+    cdef Py_ssize_t phase_at[6]
+    for rho in range(row_phases(g)):
+        rows = n_rows + (g.KH - 1 - rho) // g.stride_h
+        for sigma in range(g.stride_w):
+            phase_at[rho * g.stride_w + sigma] = at
+            at += rows * Wq
+        for r in range(rows):
+            h = (i0 + r) * g.stride_h - g.pad_h + rho
+            if not 0 <= h < g.H:
+                for sigma in range(g.stride_w):
+                    for j in range(Wq):
+                        work[phase_at[rho * g.stride_w + sigma] + r * Wq + j] = -INFINITY
+            elif g.stride_w == 2:   # (a constant stride: vectorised)
+                stage_row(x_plane + h * g.W, g.W, -g.pad_w, 2, Wq,
+                          work + phase_at[rho * 2] + r * Wq, work + phase_at[rho * 2 + 1] + r * Wq)
+            else:
+                stage_row(x_plane + h * g.W, g.W, -g.pad_w, 1, Wq,
+                          work + phase_at[rho] + r * Wq, NULL)
+    # the next band's input (this plane's next rows or the next plane's first), fetched
+    # while this one computes
+    h0 = min(g.H, (i1 - 1) * g.stride_h - g.pad_h + g.KH)
+    for q in range(0, min(n_rows * g.stride_h * g.W, prefetch_end - (x_plane + h0 * g.W)), 16):
+        cnnx_prefetch(x_plane + h0 * g.W + q)
+    # codes as wide as the values (int with float, long long with double), so that the
+    # compare masks select them without repacking
+    if floating is float:
+        max_phased_outputs(work, phase_at, y_plane, idx_plane, g, i0, i1, work + at,
+                           <int*> (work + at + n_rows * Wq))
+    else:
+        max_phased_outputs(work, phase_at, y_plane, idx_plane, g, i0, i1, work + at,
+                           <long long*> (work + at + n_rows * Wq))
+
+
+cdef inline void max_phased_outputs(const floating* stage, const Py_ssize_t* phase_at,
+                                    floating* y_plane, long long* idx_plane, const PoolGeom* g,
+                                    Py_ssize_t i0, Py_ssize_t i1, floating* best,
+                                    code_t* code) noexcept nogil:
+    """max_pool_phased_band's windows (max_phased_taps, into best and code) and outputs."""
+    cdef Py_ssize_t Wq = phased_width(g), n = (i1 - i0) * phased_width(g), i, j, h0, w0, q
+    if g.KH == 3 and g.KW == 3 and g.stride_h == 2 and g.stride_w == 2:
+        max_phased_taps(stage, phase_at, best, code, n, Wq, g.W, 3, 3, 2, 2)
+    elif g.KH == 3 and g.KW == 3 and g.stride_h == 1 and g.stride_w == 1:
+        max_phased_taps(stage, phase_at, best, code, n, Wq, g.W, 3, 3, 1, 1)
+    elif g.KH == 2 and g.KW == 2 and g.stride_h == 2 and g.stride_w == 2:
+        max_phased_taps(stage, phase_at, best, code, n, Wq, g.W, 2, 2, 2, 2)
+    elif g.KH == 2 and g.KW == 2 and g.stride_h == 1 and g.stride_w == 1:
+        max_phased_taps(stage, phase_at, best, code, n, Wq, g.W, 2, 2, 1, 1)
+    else:
+        max_phased_taps(stage, phase_at, best, code, n, Wq, g.W, g.KH, g.KW,
+                        g.stride_h, g.stride_w)
+    for i in range(i0, i1):
+        h0 = i * g.stride_h - g.pad_h
+        q = (i - i0) * Wq
+        for j in range(g.W_out):
+            w0 = j * g.stride_w - g.pad_w
+            y_plane[i * g.W_out + j] = best[q + j]
+            idx_plane[i * g.W_out + j] = (max(h0, 0) * g.W + max(w0, 0) if best[q + j] == -INFINITY
+                                          else h0 * g.W + w0 + code[q + j])
+
 def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
                      floating[:, :, ::1] y,         # OUT (P, H_out, W_out)
                      long long[:, :, ::1] indices,  # OUT (P, H_out, W_out)
                      spec, int n_threads):
-    """One (plane, output row) per work item, so even a single plane uses every thread."""
+    """Work items of (plane, band of output rows), so even a single plane uses every thread:
+    staged rows for unpadded 2x2/2 windows, phased bands for other windows up to 3x3 with
+    column stride 1 or 2 (measured, AMD EPYC, AVX2, 1 thread, float32 | float64 forward,
+    against max_pool_row's sweeps: 3x3/2/1 32x64x56x56 7.2 -> 6.3 | 11.4 -> 12.1 ms,
+    1x64x112x112 0.62 -> 0.53 | 1.19 -> 1.08, 64x256x8x8 5.4 -> 2.8 | 7.5 -> 3.6;
+    3x3/1/1 8x32x32x32 0.80 -> 0.47 | 1.46 -> 1.04; 2x2/1 64x256x8x8 6.2 -> 2.9 |
+    5.8 -> 3.1), one output row per item with max_pool_row for the rest."""
     cdef PoolGeom g = make_geom(spec)
-    cdef Py_ssize_t item, p, i, j, v_lo, v_hi, w0
-    cdef Py_ssize_t[::1] first_col = np.empty(max(g.W_out, 1), dtype=np.intp)
-    for j in range(g.W_out):  # column of each output's first tap inside the input
-        w0 = j * g.stride_w - g.pad_w
-        valid_range(w0, g.dilation_w, g.W, g.KW, &v_lo, &v_hi)
-        first_col[j] = w0 + v_lo * g.dilation_w
-    cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, g.dilation_w)
+    cdef Py_ssize_t item, p, i, j, v_lo, v_hi, w0, band, n_bands
+    cdef Py_ssize_t[::1] first_col
+    cdef Py_ssize_t[:, ::1] taps
+    cdef floating[:, ::1] work
     # codes lie in (-CHUNK*stride_w, H*W): 32 bits suffice for any plane of practical size
     cdef bint small = g.H * g.W < (1 << 30) and g.stride_w < (1 << 30) // CHUNK
     cdef Py_ssize_t n_rows = g.P * g.H_out
     cdef Py_ssize_t run = max(1, STAGE_OUTPUTS // max(g.W_out, 1))   # rows per staged run
+    if g.P == 0 or g.H_out == 0 or g.W_out == 0:
+        return
     if small and staged_fits(&g):
         for item in prange((n_rows + run - 1) // run, nogil=True, schedule="static",
                            num_threads=n_threads):
             max_pool_staged_rows(&x[0, 0, 0], &y[0, 0, 0], &indices[0, 0, 0], &g,
                                  item * run, min((item + 1) * run, n_rows))
         return
+    if small and phased_fits(&g):
+        band = max(1, min(g.H_out, PHASED_VALUES // phased_values(&g, 1)))
+        n_bands = (g.H_out + band - 1) // band
+        band = (g.H_out + n_bands - 1) // n_bands    # bands of (nearly) equal size
+        work = np.empty((max(n_threads, 1), phased_values(&g, band)),
+                        dtype=np.float32 if floating is float else np.float64)
+        for item in prange(g.P * n_bands, nogil=True, schedule="static", num_threads=n_threads):
+            p = item // n_bands
+            i = item % n_bands * band
+            max_pool_phased_band(&x[p, 0, 0], &y[p, 0, 0], &indices[p, 0, 0], &g, i,
+                                 min(i + band, g.H_out), &work[threadid(), 0],
+                                 &x[0, 0, 0] + g.P * g.H * g.W)
+        return
+    first_col = np.empty(g.W_out, dtype=np.intp)
+    for j in range(g.W_out):  # column of each output's first tap inside the input
+        w0 = j * g.stride_w - g.pad_w
+        valid_range(w0, g.dilation_w, g.W, g.KW, &v_lo, &v_hi)
+        first_col[j] = w0 + v_lo * g.dilation_w
+    taps = tap_ranges(&g, g.dilation_w)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
-        # (3 x 3 windows stay with max_pool_row's sweeps, which measured faster there: AMD
-        # EPYC, AVX2, float32 forward, 1 thread, 3x3/2/1 32x64x56x56 6.9 vs 10.6 ms window by
-        # window, 3x3/1/1 8x32x32x32 0.8 vs 1.2)
-        if small and g.win_K == 2 and window_row(&g, i):   # codes u*W + v fit an int
-            max_pool_window_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i)
-        elif small:
+        if small:
             max_pool_row(&x[p, 0, 0], &y[p, i, 0], &indices[p, i, 0], &g, i, &first_col[0],
                          &taps[0, 0], <int> 0)
         else:

@@ -518,6 +518,33 @@ def test_max_pool_2x2_staged_rows_vs_reference(shape, stride, dtype):
         assert_same(idx, idx_ref, f"threads={n}")
 
 
+@pytest.mark.parametrize("shape, kwargs", [
+    ((1, 2, 21, 2000), dict(kernel_size=3, stride=2, padding=1)),   # bands of 2 output rows
+    ((2, 3, 13, 1500), dict(kernel_size=3, stride=1, padding=1)),   # 7 bands of 2 rows
+    ((2, 3, 11, 12), dict(kernel_size=2, stride=(3, 2), padding=1)),  # rows between windows
+    ((2, 3, 9, 10), dict(kernel_size=(1, 3), stride=(1, 2))),
+    ((2, 3, 9, 10), dict(kernel_size=(3, 1), stride=(2, 1), padding=(1, 0))),
+    ((2, 2, 10, 11), dict(kernel_size=3, stride=2, ceil_mode=True)),  # overhang past the end
+    ((3, 2, 7, 7), dict(kernel_size=(2, 3), stride=(2, 1), padding=1, ceil_mode=True)),
+    ((64, 3, 8, 8), dict(kernel_size=2, stride=2, padding=1)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_phased_bands_vs_reference(shape, kwargs, dtype):
+    """Windows up to 3x3 with column stride 1 or 2 go in bands of output rows staged in
+    row and column phases (_pool.max_pool_phased_band): values, first-max ties, NaNs and
+    all -inf windows (an input plane of -inf: indices at each window's first real tap) as
+    the reference, at 1 and 2 threads."""
+    rng = np.random.default_rng(29)
+    x = H.with_specials(rng, shape, dtype, fraction=0.05)
+    x[-1, -1] = -np.inf
+    y_ref, idx_ref = R.max_pool2d(x, **kwargs)
+    for n in THREADS:
+        with num_threads(n):
+            y, idx = Fn.max_pool2d(x, **kwargs)
+        assert_same(y, y_ref, f"threads={n}")
+        assert_same(idx, idx_ref, f"threads={n}")
+
+
 def test_conv_blocked_weight_grad_runs(monkeypatch):
     """The blocked weight gradient sums in BLOCKED_GW_RUNS runs, fewer when their partial
     sums would exceed BLOCKED_GW_MAX_VALUES (down to one run): the same result within
