@@ -171,6 +171,33 @@ def test_pair_options_accept_every_int_spelling(op, arg):
         assert all(_same_bits(g, e) for g, e in zip(got, expected)), spelling
 
 
+@pytest.mark.parametrize("op, arg", PAIR_ARGS, ids=[f"{o}-{a}" for o, a in PAIR_ARGS])
+def test_remembered_specs_tell_equal_values_of_other_types_apart(op, arg):
+    """The spec functions remember their results (cnnx._shapes._memoised): a value that
+    compares equal to an accepted one but has another type (True == 1, 2.0 == 2, (1, 2.0)
+    == (1, 2)) is still refused after the accepted one was remembered, and a spelling that
+    is not remembered (a list, a NumPy int) still gives the same result."""
+    v = 2 if arg == "kernel_size" else 1
+    expected = _tuple(call(op, **{arg: v}))
+    _tuple(call(op, **{arg: (v, v)}))
+    for bad in (float(v), (v, float(v)), (float(v), v)) + ((True, (True, 1)) if v == 1 else ()):
+        with pytest.raises(TypeError, match=rf"\b{arg}\b"):
+            call(op, **{arg: bad})
+    for spelling in (v, (v, v), [v, v], np.int64(v)):
+        got = _tuple(call(op, **{arg: spelling}))
+        assert all(_same_bits(g, e) for g, e in zip(got, expected)), spelling
+
+
+def test_remembered_specs_stay_bounded():
+    from cnnx import _shapes
+
+    x = np.ones((1, 1, 4, 4))
+    for n in range(_shapes.SPEC_CACHE_SIZE + 10):
+        Fn.max_pool2d(np.ones((1, 1, 2, 2 + n)), 2)
+    assert 0 < len(_shapes._pool_spec.cache) <= _shapes.SPEC_CACHE_SIZE
+    assert Fn.max_pool2d(x, 2)[0].shape == (1, 1, 2, 2)
+
+
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "avg_pool2d_backward"])
 def test_pool_padding_at_most_half_the_kernel(op):
     with pytest.raises(ValueError, match=r"padding should be at most half of kernel_size, got "
