@@ -545,6 +545,37 @@ def test_max_pool_phased_bands_vs_reference(shape, kwargs, dtype):
         assert_same(idx, idx_ref, f"threads={n}")
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((3, 4, 9, 30), (4, 1, 3, 3), dict(padding=1, groups=4)),          # depthwise, 30 a row
+    ((2, 3, 200, 5), (3, 1, 3, 3), dict(padding=(2, 1), groups=3)),     # 5 a row, many bands
+    ((2, 2, 11, 19), (4, 1, 5, 5), dict(padding=2, groups=2)),          # 2 outputs a group
+    ((2, 2, 12, 23), (2, 1, 3, 7), dict(padding=(1, 3), dilation=(2, 1), groups=2)),
+    ((2, 3, 13, 40), (3, 1, 2, 9), dict(padding=(0, 4), groups=3)),     # 9 wide: per tap
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_direct_weight_grad_padded_rows_vs_reference(x_shape, w_shape, kwargs, dtype):
+    """The per-plane weight gradient (one output per group) reads zero-padded band copies
+    of its input rows, one pass per kernel row (_conv.direct_weight_grad): values as the
+    reference, including a sample whose grad_out plane holds an inf (that plane goes tap by
+    tap, so the padding adds no 0 * inf) and an inf in x, at 1 and 2 threads."""
+    rng = np.random.default_rng(31)
+    x, w = H.normal(rng, x_shape, dtype), H.normal(rng, w_shape, dtype)
+    g = H.normal(rng, R.conv2d(x, w, **kwargs).shape, dtype)
+    for case in ("finite", "inf in grad_out", "inf in x"):
+        if case == "inf in grad_out":
+            g = g.copy()
+            g[-1, 0, 0, 0] = np.inf
+        elif case == "inf in x":
+            x = x.copy()
+            x[0, -1, 1, 2] = -np.inf
+        expected = R.conv2d_backward(g, x, w, **kwargs)
+        for n in THREADS:
+            with num_threads(n):
+                got = Fn.conv2d_backward(g, x, w, algorithm="direct", **kwargs)
+            for name, r, e in zip(("grad_x", "grad_w", "grad_b"), got, expected):
+                assert_close(r, e, err_msg=f"{case} {name} threads={n}: ")
+
+
 def test_conv_blocked_weight_grad_runs(monkeypatch):
     """The blocked weight gradient sums in BLOCKED_GW_RUNS runs, fewer when their partial
     sums would exceed BLOCKED_GW_MAX_VALUES (down to one run): the same result within
