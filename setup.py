@@ -116,13 +116,15 @@ def _extension(name, extra_compile_args=()):
 extensions = [_extension(name)
               for name in ("_conv", "_winograd", "_pool", "_activations", "_build_info")]
 
-# The pooling and convolution kernels once more, for AVX2 CPUs (picked at run time, see
-# cnnx/_kernels.py): gcc vectorises float64 max pooling only with AVX2; the direct
-# convolution loops run twice the lanes, with fused multiply-adds.  gcc/clang on x86-64 only.
+# The pooling, convolution and Winograd kernels once more, for AVX2 CPUs (picked at run
+# time, see cnnx/_kernels.py): gcc vectorises float64 max pooling only with AVX2; the direct
+# convolution loops run twice the lanes, with fused multiply-adds; the Winograd transforms
+# twice the lanes.  gcc/clang on x86-64 only.
 if (platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
         and not _env_flag("CNNX_NO_AVX2")):
     extensions.append(_extension("_pool_avx2", ["-mavx2"]))
     extensions.append(_extension("_conv_avx2", ["-mavx2", "-mfma"]))
+    extensions.append(_extension("_winograd_avx2", ["-mavx2"]))
 
 directives = {
     "language_level": 3,

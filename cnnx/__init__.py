@@ -85,6 +85,7 @@ def info_dict():
                    else "no (kernels run on one thread)"),
         "pooling kernels": f"{_kernels.POOL_VARIANT} (CNNX_NO_AVX2=1 forces the baseline)",
         "convolution kernels": f"{_kernels.CONV_VARIANT} (CNNX_NO_AVX2=1 forces the baseline)",
+        "winograd kernels": f"{_kernels.WINOGRAD_VARIANT} (CNNX_NO_AVX2=1 forces the baseline)",
         "debug build": "yes (bounds checks on)" if _build_info.DEBUG_BUILD else "no",
         "blas": f"scipy.linalg.cython_blas -> {blas}",
         "threads": f"{get_num_threads()} (set_num_threads / CNNX_NUM_THREADS)",

@@ -20,9 +20,10 @@ from typing import Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _activations, _winograd
+from . import _activations
 from ._kernels import conv as _conv  # the AVX2/FMA build of _conv.pyx when the CPU has it
 from ._kernels import pool as _pool  # the AVX2 build of _pool.pyx when the CPU has it
+from ._kernels import winograd as _winograd  # the AVX2 build of _winograd.pyx, likewise
 from ._config import get_num_threads, set_num_threads
 from ._shapes import (
     BLAS_INT_MAX,

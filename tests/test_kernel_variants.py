@@ -1,6 +1,7 @@
 """The two builds of the pooling kernels (``_pool``, and ``_pool_avx2`` = the same source
 compiled with -mavx2, used on AVX2 CPUs) give bit-for-bit the same results, both equal to
-the reference; the two builds of the convolution kernels (``_conv``, and ``_conv_avx2``
+the reference; so do the two builds of the Winograd kernels (``_winograd``,
+``_winograd_avx2``); the two builds of the convolution kernels (``_conv``, and ``_conv_avx2``
 compiled with -mavx2 -mfma) both match the reference, their GEMM paths bit for bit; which
 build runs is chosen as documented (cnnx/_kernels.py); and importing cnnx makes OpenMP and
 OpenBLAS workers sleep between calls unless the user said otherwise.
@@ -20,7 +21,7 @@ from numpy.testing import assert_array_equal
 
 import _helpers as H
 import cnnx
-from cnnx import _build_info, _conv, _kernels, _pool
+from cnnx import _build_info, _conv, _kernels, _pool, _winograd
 from cnnx import functional as Fn
 from cnnx import reference as R
 from cnnx.testing import assert_close
@@ -28,7 +29,7 @@ from cnnx.testing import assert_close
 try:
     HAS_AVX2 = _build_info.cpu_has_avx2()
     if HAS_AVX2:
-        from cnnx import _pool_avx2
+        from cnnx import _pool_avx2, _winograd_avx2
 except ImportError:  # built with CNNX_NO_AVX2 or not on x86-64
     HAS_AVX2 = False
 
@@ -41,13 +42,15 @@ except ImportError:
 
 VARIANTS = [_pool] + ([_pool_avx2] if HAS_AVX2 else [])
 CONV_VARIANTS = [_conv] + ([_conv_avx2] if HAS_AVX2_FMA else [])
+WINOGRAD_VARIANTS = [_winograd] + ([_winograd_avx2] if HAS_AVX2 else [])
 DTYPES = st.sampled_from([np.float32, np.float64])
 WIDE = 44
 
 
 @contextmanager
 def kernels(module, threads):
-    attribute = "_conv" if module in CONV_VARIANTS else "_pool"
+    attribute = ("_conv" if module in CONV_VARIANTS
+                 else "_winograd" if module in WINOGRAD_VARIANTS else "_pool")
     previous_module = getattr(Fn, attribute)
     setattr(Fn, attribute, module)
     previous_threads = cnnx.set_num_threads(threads)
@@ -86,22 +89,61 @@ def test_the_documented_build_runs():
     assert Fn._conv is expected
     assert _kernels.CONV_VARIANT.startswith("avx2+fma" if expected is not _conv else "baseline")
     assert "convolution kernels" in cnnx.info_dict()
+    expected = _winograd_avx2 if HAS_AVX2 and not os.environ.get("CNNX_NO_AVX2") else _winograd
+    assert Fn._winograd is expected
+    assert _kernels.WINOGRAD_VARIANT.startswith("avx2" if expected is not _winograd
+                                                else "baseline")
+    assert "winograd kernels" in cnnx.info_dict()
 
 
 def test_cnnx_no_avx2_forces_the_baseline():
-    code = ("import cnnx.functional as F, cnnx._pool as P, cnnx._conv as C, cnnx._kernels as K; "
-            "print(F._pool is P, F._conv is C, K.POOL_VARIANT, K.CONV_VARIANT)")
+    code = ("import cnnx.functional as F, cnnx._pool as P, cnnx._conv as C, cnnx._kernels as K, "
+            "cnnx._winograd as WG; print(F._pool is P, F._conv is C, F._winograd is WG, "
+            "K.POOL_VARIANT, K.CONV_VARIANT, K.WINOGRAD_VARIANT)")
     out = H.run_python(code, dict(os.environ, CNNX_NO_AVX2="1"))
-    assert out.startswith("True True baseline"), out
-    assert out.count("baseline (CNNX_NO_AVX2 is set)") == 2, out
+    assert out.startswith("True True True baseline"), out
+    assert out.count("baseline (CNNX_NO_AVX2 is set)") == 3, out
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="this CPU or build has no AVX2 variant")
 def test_the_avx2_build_is_a_separate_module():
     assert _pool_avx2 is not _pool
     assert _pool_avx2.max_pool_forward is not _pool.max_pool_forward
+    assert _winograd_avx2.forward is not _winograd.forward
     if HAS_AVX2_FMA:
         assert _conv_avx2.forward_direct is not _conv.forward_direct
+
+
+@given(groups=st.integers(1, 2), c_in=st.integers(1, 3), c_out=st.integers(1, 3),
+       n=st.integers(1, 2), h=st.integers(1, 12), w=st.integers(1, WIDE),
+       pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), seed=st.integers(0, 2**16),
+       dtype=DTYPES)
+def test_winograd_builds_agree(groups, c_in, c_out, n, h, w, pad, seed, dtype):
+    """Both Winograd builds (the transforms only add, subtract and halve; the products are
+    the same BLAS calls) give the same bits at each thread count, close to the reference."""
+    rng = np.random.default_rng(seed)
+    h, w = max(h, 3 - 2 * pad[0]), max(w, 3 - 2 * pad[1])
+    x = H.normal(rng, (n, groups * c_in, h, w), dtype)
+    wt = H.normal(rng, (groups * c_out, c_in, 3, 3), dtype)
+    b = H.normal(rng, (groups * c_out,), dtype)
+    kw = dict(padding=pad, groups=groups)
+    y_ref = R.conv2d(x, wt, b, **kw)
+    results = run_all(Fn.conv2d, x, wt, b, variants=WINOGRAD_VARIANTS, algorithm="winograd",
+                      **kw)
+    g = H.normal(rng, y_ref.shape, dtype)
+    grads = run_all(Fn.conv2d_backward, g, x, wt, variants=WINOGRAD_VARIANTS,
+                    algorithm="winograd", **kw)
+    grads_ref = R.conv2d_backward(g, x, wt, **kw)
+    for key, (y,) in results.items():
+        assert_close(y, y_ref, err_msg=f"conv2d winograd {key}: ")
+    for key, res in grads.items():
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), res, grads_ref):
+            assert_close(r, e, err_msg=f"{name} winograd {key}: ")
+    for threads in (1, 2):
+        assert_all_equal({k: v for k, v in results.items() if k[1] == threads},
+                         f"conv2d winograd threads={threads}")
+        assert_all_equal({k: v for k, v in grads.items() if k[1] == threads},
+                         f"conv2d_backward winograd threads={threads}")
 
 
 @given(cfg=H.conv_configs(max_w=WIDE), dtype=DTYPES, algorithm=st.sampled_from(["direct", "gemm"]))
