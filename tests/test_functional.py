@@ -576,6 +576,31 @@ def test_conv_direct_weight_grad_padded_rows_vs_reference(x_shape, w_shape, kwar
                 assert_close(r, e, err_msg=f"{case} {name} threads={n}: ")
 
 
+@pytest.mark.parametrize("shape, kwargs", [
+    ((2, 3, 9, 56), dict(kernel_size=3, stride=2, padding=1)),
+    ((2, 3, 9, 57), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),   # odd W
+    ((2, 2, 7, 41), dict(kernel_size=(2, 5), stride=(1, 2), padding=(1, 2),
+                         count_include_pad=False)),
+    ((1, 2, 6, 40), dict(kernel_size=4, stride=2, padding=2, divisor_override=3)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool_backward_stride_2_rows_vs_reference(shape, kwargs, dtype):
+    """Average pooling's backward with overlapping windows and column stride 2 spreads a
+    window row's shares into its even and odd columns, then interleaves them
+    (_pool.avg_pool_grad_plane_rows): as the reference, at 1 and 2 threads, the same bits
+    at both."""
+    rng = np.random.default_rng(37)
+    x = H.normal(rng, shape, dtype)
+    g = H.normal(rng, R.avg_pool2d(x, **kwargs).shape, dtype)
+    expected = R.avg_pool2d_backward(g, shape, **kwargs)
+    got = []
+    for n in THREADS:
+        with num_threads(n):
+            got.append(Fn.avg_pool2d_backward(g, shape, **kwargs))
+        assert_close(got[-1], expected, err_msg=f"threads={n}: ")
+    assert_same(got[1], got[0], "2 threads vs 1")
+
+
 def test_conv_blocked_weight_grad_runs(monkeypatch):
     """The blocked weight gradient sums in BLOCKED_GW_RUNS runs, fewer when their partial
     sums would exceed BLOCKED_GW_MAX_VALUES (down to one run): the same result within
