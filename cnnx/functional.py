@@ -146,6 +146,17 @@ def _blas_threads(n):
                         lib.set_num_threads(old)
 
 
+def _gemm_blas_threads(n_threads, work):
+    """BLAS threads for a GEMM path running ``n_threads`` work items at once: one inside a
+    parallel loop; cnnx's thread count for a single work item, unless the call is too
+    small for a second thread (``work`` below _PARALLEL_MIN_WORK): waking OpenBLAS's
+    sleeping worker for a 0.1 ms GEMM made a batch-1 1x1 convolution's 2-thread
+    fwd+bwd swing from 0.6 to 5 ms between bench runs on this project's VM."""
+    if n_threads > 1 or work < _PARALLEL_MIN_WORK:
+        return 1
+    return get_num_threads()
+
+
 # --------------------------------------------------------------------------
 # convolution
 # --------------------------------------------------------------------------
@@ -611,7 +622,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
         n_items = -(-spec.N // samples) * spec.groups * -(-spec.H_out // rows)
         n_threads = _threads_for(work, n_items)
         scratch = np.empty((n_threads, ws), dtype=x.dtype)
-        with _blas_threads(1 if n_threads > 1 else get_num_threads()):
+        with _blas_threads(_gemm_blas_threads(n_threads, work)):
             _conv.forward_gemm(x, weight, b, has_bias, y, scratch, spec, samples, rows, n_threads,
                                wide)
     return _finish(y, result, spec.batched)
@@ -668,7 +679,7 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
             acc = np.empty((n_threads, weight.size), dtype=x.dtype)
             grad_w = np.empty(weight.shape, dtype=x.dtype)
-            with _blas_threads(1 if n_threads > 1 else get_num_threads()):
+            with _blas_threads(_gemm_blas_threads(n_threads, work)):
                 _conv.backward_gemm(grad_out, x, weight, grad_x,
                                     grad_w.reshape(spec.C_out, -1), acc, scratch, spec, samples,
                                     rows, n_threads, _gemm_gw_transposed(spec), wide)

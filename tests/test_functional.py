@@ -601,6 +601,20 @@ def test_avg_pool_backward_stride_2_rows_vs_reference(shape, kwargs, dtype):
     assert_same(got[1], got[0], "2 threads vs 1")
 
 
+def test_gemm_blas_threads_rule():
+    """The GEMM paths give BLAS one thread inside their own parallel loops and for calls too
+    small for a second thread, cnnx's thread count for one big work item."""
+    previous = cnnx.set_num_threads(2)
+    try:
+        assert Fn._gemm_blas_threads(2, 1 << 30) == 1
+        assert Fn._gemm_blas_threads(1, Fn._PARALLEL_MIN_WORK - 1) == 1
+        assert Fn._gemm_blas_threads(1, Fn._PARALLEL_MIN_WORK) == 2
+        cnnx.set_num_threads(1)
+        assert Fn._gemm_blas_threads(1, 1 << 30) == 1
+    finally:
+        cnnx.set_num_threads(previous)
+
+
 def test_conv_blocked_weight_grad_runs(monkeypatch):
     """The blocked weight gradient sums in BLOCKED_GW_RUNS runs, fewer when their partial
     sums would exceed BLOCKED_GW_MAX_VALUES (down to one run): the same result within
