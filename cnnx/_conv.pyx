@@ -203,7 +203,7 @@ cdef extern from *:
        vectors of partial sums, a row's last m % PER products masked as in dot_rows); the
        band's sums added into acc (doubles). */
     #if defined(__GNUC__) || defined(__clang__)
-    #  define CNNX_WGRAD_ROWS(T, S) \
+    #  define CNNX_WGRAD_PASS(T, S) \
     static inline __attribute__((always_inline)) void cnnx_wgrad_pass_##S( \
             const T *gy, Py_ssize_t m, Py_ssize_t n_rows, const T *xr0, Py_ssize_t Wp, \
             Py_ssize_t col_step, Py_ssize_t KW, double *acc) { \
@@ -242,7 +242,24 @@ cdef extern from *:
             for (q = 0; q < PER; q++) sum += s[v][q]; \
             acc[v] += sum; \
         } \
-    } \
+    }
+    #else
+    #  define CNNX_WGRAD_PASS(T, S) \
+    static void cnnx_wgrad_pass_##S(const T *gy, Py_ssize_t m, Py_ssize_t n_rows, \
+                                    const T *xr0, Py_ssize_t Wp, Py_ssize_t col_step, \
+                                    Py_ssize_t KW, double *acc) { \
+        Py_ssize_t v, i, j; T sum; \
+        for (v = 0; v < KW; v++) { \
+            sum = 0; \
+            for (i = 0; i < n_rows; i++) \
+                for (j = 0; j < m; j++) \
+                    sum += gy[i * m + j] * xr0[i * Wp + j + v * col_step]; \
+            acc[v] += sum; \
+        } \
+    }
+    #endif
+    #define CNNX_WGRAD_ROWS(T, S) \
+    CNNX_WGRAD_PASS(T, S) \
     static void cnnx_wgrad_rows_##S(const T *gy, Py_ssize_t m, Py_ssize_t n_rows, \
                                     const T *xp, Py_ssize_t Wp, Py_ssize_t row_step, \
                                     Py_ssize_t col_step, Py_ssize_t KH, Py_ssize_t KW, \
@@ -261,23 +278,6 @@ cdef extern from *:
             } \
         } \
     }
-    #else
-    #  define CNNX_WGRAD_ROWS(T, S) \
-    static void cnnx_wgrad_rows_##S(const T *gy, Py_ssize_t m, Py_ssize_t n_rows, \
-                                    const T *xp, Py_ssize_t Wp, Py_ssize_t row_step, \
-                                    Py_ssize_t col_step, Py_ssize_t KH, Py_ssize_t KW, \
-                                    double *acc) { \
-        Py_ssize_t u, v, i, j; T sum; \
-        for (u = 0; u < KH; u++) \
-            for (v = 0; v < KW; v++) { \
-                sum = 0; \
-                for (i = 0; i < n_rows; i++) \
-                    for (j = 0; j < m; j++) \
-                        sum += gy[i * m + j] * xp[i * Wp + u * row_step + j + v * col_step]; \
-                acc[u * KW + v] += sum; \
-            } \
-    }
-    #endif
     CNNX_WGRAD_ROWS(float, f)
     CNNX_WGRAD_ROWS(double, d)
 
