@@ -530,10 +530,11 @@ def test_max_pool_2x2_staged_rows_vs_reference(shape, stride, dtype):
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_pool_phased_bands_vs_reference(shape, kwargs, dtype):
-    """Windows up to 3x3 with column stride 1 or 2 go in bands of output rows staged in
-    row and column phases (_pool.max_pool_phased_band): values, first-max ties, NaNs and
-    all -inf windows (an input plane of -inf: indices at each window's first real tap) as
-    the reference, at 1 and 2 threads."""
+    """2x2 and 3x3 windows with strides (1, 1) or (2, 2) go in bands of output rows staged
+    in row and column phases (_pool.max_pool_phased_band), the other shapes here through
+    max_pool_row's sweeps: values, first-max ties, NaNs and all -inf windows (an input
+    plane of -inf: indices at each window's first real tap) as the reference, at 1 and 2
+    threads."""
     rng = np.random.default_rng(29)
     x = H.with_specials(rng, shape, dtype, fraction=0.05)
     x[-1, -1] = -np.inf
@@ -613,6 +614,29 @@ def test_gemm_blas_threads_rule():
         assert Fn._gemm_blas_threads(1, 1 << 30) == 1
     finally:
         cnnx.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("shape, kwargs", [
+    ((1, 2, 21, 2000), dict(kernel_size=3, stride=2, padding=1)),   # bands of 2 output rows
+    ((2, 3, 13, 1500), dict(kernel_size=3, stride=1, padding=1)),   # 7 bands of 2 rows
+    ((2, 2, 10, 11), dict(kernel_size=3, stride=2, ceil_mode=True, count_include_pad=False)),
+    ((3, 2, 8, 8), dict(kernel_size=3, stride=2, padding=1, divisor_override=5)),
+    ((64, 3, 5, 6), dict(kernel_size=3, stride=1, padding=1, ceil_mode=True)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool_phased_bands_vs_reference(shape, kwargs, dtype):
+    """3x3 average pooling with strides 1 or 2 (float64: 1) sums bands of output rows
+    staged in row and column phases with zero padding (_pool.avg_pool_phased_band): as the
+    reference, inf and NaN included, at 1 and 2 threads, the same bits at both."""
+    rng = np.random.default_rng(41)
+    x = H.with_specials(rng, shape, dtype, fraction=0.02)
+    expected = R.avg_pool2d(x, **kwargs)
+    got = []
+    for n in THREADS:
+        with num_threads(n):
+            got.append(Fn.avg_pool2d(x, **kwargs))
+        assert_close(got[-1], expected, err_msg=f"threads={n}: ")
+    assert_same(got[1], got[0], "2 threads vs 1")
 
 
 def test_conv_blocked_weight_grad_runs(monkeypatch):
