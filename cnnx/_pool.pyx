@@ -405,6 +405,13 @@ cdef inline (Py_ssize_t, Py_ssize_t) phased_bands(const PoolGeom* g) noexcept no
     return (g.H_out + n_bands - 1) // n_bands, n_bands
 
 
+cdef object phased_workspace(const PoolGeom* g, Py_ssize_t band, int n_threads,
+                            size_t itemsize):
+    """Each thread's staging for bands of ``band`` output rows, float32 or float64."""
+    return np.empty((max(n_threads, 1), phased_values(g, band)),
+                    dtype=np.float32 if itemsize == 4 else np.float64)
+
+
 cdef inline bint phased_fits(const PoolGeom* g) noexcept nogil:
     """2x2 or 3x3 windows, strides (1, 1) or (2, 2), no dilation: the shapes phased_shapes
     compiles with constants (max_pool_phased_band, avg_pool_phased_band).  (Other shapes
@@ -606,8 +613,7 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
         return
     if small and phased_fits(&g):
         band, n_bands = phased_bands(&g)
-        work = np.empty((max(n_threads, 1), phased_values(&g, band)),
-                        dtype=np.float32 if floating is float else np.float64)
+        work = phased_workspace(&g, band, n_threads, sizeof(floating))
         for item in prange(g.P * n_bands, nogil=True, schedule="static", num_threads=n_threads):
             p = item // n_bands
             i = item % n_bands * band
@@ -1058,8 +1064,7 @@ def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
     if (phased_fits(&g) and g.KH == 3 and (floating is float or g.stride_h == 1)
             and g.P > 0 and g.H_out > 0 and g.W_out > 0):
         band, n_bands = phased_bands(&g)
-        work = np.empty((max(n_threads, 1), phased_values(&g, band)),
-                        dtype=np.float32 if floating is float else np.float64)
+        work = phased_workspace(&g, band, n_threads, sizeof(floating))
         for item in prange(g.P * n_bands, nogil=True, schedule="static", num_threads=n_threads):
             p = item // n_bands
             i = item % n_bands * band
