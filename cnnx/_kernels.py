@@ -1,4 +1,4 @@
-"""Which builds of the pooling and convolution kernels this process uses.
+"""Which builds of the pooling, convolution and Winograd kernels this process uses.
 
 ``_pool_avx2`` is ``_pool.pyx`` compiled a second time with ``-mavx2``, ``_conv_avx2`` is
 ``_conv.pyx`` compiled with ``-mavx2 -mfma``, ``_winograd_avx2`` is ``_winograd.pyx``
