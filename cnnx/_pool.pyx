@@ -1052,8 +1052,8 @@ def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
     cdef Py_ssize_t item, p, i, band, n_bands
     cdef floating[:, ::1] work
     cdef double[::1] inv_row, inv_col
+    cdef Py_ssize_t[:, ::1] taps
     inv_row, inv_col = divisor_factors(&g, count_include_pad, divisor_override)
-    cdef Py_ssize_t[:, ::1] taps = tap_ranges(&g, 1)
     cdef bint whole = (g.H_out == 1 and g.W_out == 1 and g.pad_h == 0 and g.pad_w == 0
                        and g.KH >= g.H and g.KW >= g.W)
     if whole:   # global pooling: each plane one contiguous sum (what avg_pool_row_windows
@@ -1072,6 +1072,7 @@ def avg_pool_forward(const floating[:, :, ::1] x,  # (P, H, W)
                                  &inv_row[0], &inv_col[0], &work[threadid(), 0],
                                  &x[0, 0, 0] + g.P * g.H * g.W)
         return
+    taps = tap_ranges(&g, 1)   # (only the rows below read it)
     for item in prange(g.P * g.H_out, nogil=True, schedule="static", num_threads=n_threads):
         p = item // g.H_out
         i = item % g.H_out
