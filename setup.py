@@ -6,9 +6,9 @@ Environment switches (all optional):
 * ``CNNX_DEBUG_BUILD=1``   Cython bounds/wraparound/initialisation checks on, -O1 -g;
                            ``CNNX_DEBUG_BUILD=asan`` adds AddressSanitizer as well
 * ``CNNX_ANNOTATE=1``      write Cython's annotated HTML next to each .pyx
-* ``CNNX_NO_AVX2=1``       skip the second builds of the pooling (-mavx2) and convolution
-                           (-mavx2 -mfma) kernels (x86-64 only; used at run time only on
-                           CPUs with AVX2 and FMA)
+* ``CNNX_NO_AVX2=1``       skip the second builds of the pooling (-mavx2), convolution and
+                           Winograd (-mavx2 -mfma) kernels (x86-64 only; used at run time
+                           only on CPUs with AVX2 and FMA)
 """
 
 import os
@@ -107,6 +107,7 @@ def _extension(name, extra_compile_args=()):
         f"cnnx.{name}",
         [f"cnnx/{name}.pyx"],
         include_dirs=[np.get_include()],
+        depends=["cnnx/_corr_kernel.h", "cnnx/_kernel_utils.pxd"],
         define_macros=list(macros),
         extra_compile_args=list(opt_args) + list(extra_compile_args),
         extra_link_args=list(link_args),
@@ -118,13 +119,13 @@ extensions = [_extension(name)
 
 # The pooling, convolution and Winograd kernels once more, for AVX2 CPUs (picked at run
 # time, see cnnx/_kernels.py): gcc vectorises float64 max pooling only with AVX2; the direct
-# convolution loops run twice the lanes, with fused multiply-adds; the Winograd transforms
-# twice the lanes.  gcc/clang on x86-64 only.
+# convolution loops and the Winograd transforms and products run twice the lanes, the
+# products with fused multiply-adds.  gcc/clang on x86-64 only.
 if (platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
         and not _env_flag("CNNX_NO_AVX2")):
     extensions.append(_extension("_pool_avx2", ["-mavx2"]))
     extensions.append(_extension("_conv_avx2", ["-mavx2", "-mfma"]))
-    extensions.append(_extension("_winograd_avx2", ["-mavx2"]))
+    extensions.append(_extension("_winograd_avx2", ["-mavx2", "-mfma"]))
 
 directives = {
     "language_level": 3,

@@ -77,7 +77,7 @@ cdef inline void gemm(char transa, char transb, int m, int n, int k,
 # the compiler, so runs are copied in fixed-size pieces (which compile to a
 # few vector moves): 32 bytes at a time, then 16/8/4 for the tail.  Runs of
 # 64 bytes or more go to memcpy (libc's AVX-512 copy is faster there).
-cdef extern from *:
+cdef extern from "_corr_kernel.h":   # CNNX_VBYTES, cnnx_vec_f/d and the blocked kernels
     """
     #include <string.h>
     #define CNNX_PIECE(dst, src, bytes, nb) \
@@ -133,17 +133,11 @@ cdef extern from *:
        last m % PER products are the top lanes of the PER ending at m, the lanes below
        (summed already) set to zero. */
     #if defined(__GNUC__) || defined(__clang__)
-    #  if defined(__AVX__)
-    #    define CNNX_VBYTES 32
-    #  else
-    #    define CNNX_VBYTES 16
-    #  endif
     #  include <stdint.h>
     /* lane masks: the PER entries from index 32/sizeof(T) - PER + n have the top n set */
     static const int32_t cnnx_mask_f[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
     static const int64_t cnnx_mask_d[8] = {0, 0, 0, 0, -1, -1, -1, -1};
     #  define CNNX_DOT_ROWS(T, S, I) \
-    typedef T cnnx_vec_##S __attribute__((vector_size(CNNX_VBYTES))); \
     typedef I cnnx_ivec_##S __attribute__((vector_size(CNNX_VBYTES))); \
     static inline cnnx_vec_##S cnnx_products_##S(const T *a, const T *b, Py_ssize_t b_step) { \
         cnnx_vec_##S va, vb; int q; \
@@ -1318,77 +1312,8 @@ def backward_direct(const floating[:, :, :, ::1] grad_out, const floating[:, :, 
 # each row are not outputs (computed, never stored).  The input gradient of a stride-1
 # convolution is the same correlation of grad_y with the kernels flipped and transposed;
 # the weight gradient (correlate_weight_grad) reads the same band copies.
-cdef extern from *:
+cdef extern from "_corr_kernel.h":
     """
-    enum { CNNX_CORR_OB = 6, CNNX_CORR_OB_SMALL = 4, CNNX_CORR_SLACK = 64 };
-    /* dst[o*ld + q] = sum_{t0 <= t < t1} wb[t*OB + o] * src[offs[t] + q]
-       for o < OB (6, or 4: cnnx_corr_block4) and q < n_pos rounded up to 2 vectors:
-       OB x 2 vectors of dst kept in registers over all the taps (written out, so that the
-       compiler keeps the 12 sums in registers: arrays of vectors end up on the stack;
-       6 x 2 measured fastest of 2..8 x 1..6 with AVX2: 89 GFLOP/s vs 79 for 4 x 2, 53
-       for 4 x 3, which runs out of registers).  src and dst must have CNNX_CORR_SLACK
-       values to spare past the last value read / position. */
-    #if defined(__GNUC__) || defined(__clang__)
-    #  define CNNX_CORR_LOAD(v, p) memcpy(&(v), (p), sizeof (v))
-    #  define CNNX_CORR_ZERO(o) a##o##0 = zero; a##o##1 = zero;
-    #  define CNNX_CORR_FMA(o) a##o##0 += w[o] * x0; a##o##1 += w[o] * x1;
-    #  define CNNX_CORR_STORE(o) \
-        memcpy(dst + o * ld + q, &a##o##0, sizeof a##o##0); \
-        memcpy(dst + o * ld + q + PER, &a##o##1, sizeof a##o##1);
-    /* not inlined: in the caller's register pressure gcc spills one of the 14 vectors */
-    #  define CNNX_CORR_KERNEL(T, S, NAME, OB, ROWS) \
-    __attribute__((noinline)) static void NAME(const T *restrict src, const Py_ssize_t *restrict offs, Py_ssize_t t0, \
-                     Py_ssize_t t1, const T *restrict wb, T *restrict dst, Py_ssize_t ld, \
-                     Py_ssize_t n_pos) { \
-        enum { PER = CNNX_VBYTES / sizeof(T) }; \
-        const cnnx_vec_##S zero = {0}; \
-        cnnx_vec_##S a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51, x0, x1; \
-        Py_ssize_t q, t; \
-        for (q = 0; q < n_pos; q += 2 * PER) { \
-            ROWS(CNNX_CORR_ZERO) \
-            for (t = t0; t < t1; t++) { \
-                const T *sp = src + offs[t] + q; \
-                const T *w = wb + t * OB; \
-                CNNX_CORR_LOAD(x0, sp); \
-                CNNX_CORR_LOAD(x1, sp + PER); \
-                ROWS(CNNX_CORR_FMA) \
-            } \
-            ROWS(CNNX_CORR_STORE) \
-        } \
-        (void) a40; (void) a41; (void) a50; (void) a51; \
-    }
-    #  define CNNX_CORR_ROWS6(M) M(0) M(1) M(2) M(3) M(4) M(5)
-    #  define CNNX_CORR_ROWS4(M) M(0) M(1) M(2) M(3)
-    #  define CNNX_CORR_BLOCKS(T, S) \
-    CNNX_CORR_KERNEL(T, S, cnnx_corr_block6_##S, 6, CNNX_CORR_ROWS6) \
-    CNNX_CORR_KERNEL(T, S, cnnx_corr_block4_##S, 4, CNNX_CORR_ROWS4)
-    #else
-    #  define CNNX_CORR_KERNEL(T, NAME, OB) \
-    static void NAME(const T *src, const Py_ssize_t *offs, Py_ssize_t t0, Py_ssize_t t1, \
-                     const T *wb, T *dst, Py_ssize_t ld, Py_ssize_t n_pos) { \
-        Py_ssize_t q, t; int o; T s; \
-        for (o = 0; o < OB; o++) \
-            for (q = 0; q < n_pos; q++) { \
-                s = 0; \
-                for (t = t0; t < t1; t++) s += wb[t * OB + o] * src[offs[t] + q]; \
-                dst[o * ld + q] = s; \
-            } \
-    }
-    #  define CNNX_CORR_BLOCKS(T, S) \
-    CNNX_CORR_KERNEL(T, cnnx_corr_block6_##S, 6) \
-    CNNX_CORR_KERNEL(T, cnnx_corr_block4_##S, 4)
-    #endif
-    /* the block of ``width`` (6 or 4) outputs */
-    #define CNNX_CORR_BLOCK(T, S) \
-    CNNX_CORR_BLOCKS(T, S) \
-    static void cnnx_corr_block_##S(int width, const T *src, const Py_ssize_t *offs, \
-                                    Py_ssize_t t0, Py_ssize_t t1, const T *wb, T *dst, \
-                                    Py_ssize_t ld, Py_ssize_t n_pos) { \
-        if (width == 6) cnnx_corr_block6_##S(src, offs, t0, t1, wb, dst, ld, n_pos); \
-        else cnnx_corr_block4_##S(src, offs, t0, t1, wb, dst, ld, n_pos); \
-    }
-    CNNX_CORR_BLOCK(float, f)
-    CNNX_CORR_BLOCK(double, d)
 
     /* The weight gradient, the forward's kernel with the roles turned round:
        out[(t0 + m)*out_ld + o] += sum over the positions q = r*Wq + j (r < n_rows,
@@ -1481,7 +1406,7 @@ cdef extern from *:
 # The taps of one output are summed in runs of at most this many in the registers, the
 # runs added up in double: a 4096-term float32 sum in one running sum, or in runs of 256
 # added up in float32, is several times less accurate than PyTorch's.
-cdef Py_ssize_t CORR_TAP_RUN = 128
+cdef Py_ssize_t CORR_TAP_RUN = 256
 BLOCK, BLOCK_SMALL = CORR_OB, CORR_OB_SMALL   # see block_width and _blocked_weights
 
 
@@ -1539,8 +1464,10 @@ cdef inline void corr_block(const floating* buf, const Py_ssize_t* offs, const f
     and q < n_pos, the taps in runs of CORR_TAP_RUN, added up in ``acc`` (width*out_ld
     doubles) when there are several."""
     cdef Py_ssize_t t0 = 0, t1, m, o, q
+    cdef Py_ssize_t n_runs = (k.T + CORR_TAP_RUN - 1) // CORR_TAP_RUN
+    cdef Py_ssize_t run = (k.T + n_runs - 1) // n_runs
     while t0 < k.T:
-        t1 = min(t0 + CORR_TAP_RUN, k.T)
+        t1 = min(t0 + run, k.T)
         if floating is float:
             cnnx_corr_block_f(<int> width, buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
         else:

@@ -2,11 +2,12 @@
 
 ``_pool_avx2`` is ``_pool.pyx`` compiled a second time with ``-mavx2``, ``_conv_avx2`` is
 ``_conv.pyx`` compiled with ``-mavx2 -mfma``, ``_winograd_avx2`` is ``_winograd.pyx``
-compiled with ``-mavx2`` (setup.py, x86-64).  Each is imported only when
+compiled with ``-mavx2 -mfma`` (setup.py, x86-64).  Each is imported only when
 the CPU and OS support what it was compiled for -- importing it elsewhere could execute an
 AVX instruction -- and ``CNNX_NO_AVX2`` is not set; otherwise the baseline build (SSE2 on
-x86-64) runs.  The pooling and Winograd builds give bit-for-bit the same results; the
-convolution builds' direct loops differ in rounding only (fused multiply-adds).
+x86-64) runs.  The pooling builds give bit-for-bit the same results; the convolution
+builds' direct loops and the Winograd builds' blocked products differ in rounding only
+(fused multiply-adds).
 """
 
 import importlib
@@ -37,5 +38,6 @@ pool, POOL_VARIANT = _pick(_pool, "_pool_avx2", _build_info.cpu_has_avx2(), "AVX
 conv, CONV_VARIANT = _pick(_conv, "_conv_avx2",
                            _build_info.cpu_has_avx2() and _build_info.cpu_has_fma(),
                            "AVX2/FMA", "avx2+fma")
-winograd, WINOGRAD_VARIANT = _pick(_winograd, "_winograd_avx2", _build_info.cpu_has_avx2(),
-                                   "AVX2", "avx2")
+winograd, WINOGRAD_VARIANT = _pick(_winograd, "_winograd_avx2",
+                                   _build_info.cpu_has_avx2() and _build_info.cpu_has_fma(),
+                                   "AVX2/FMA", "avx2+fma")

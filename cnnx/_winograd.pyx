@@ -29,11 +29,23 @@ cnnx.functional; nothing here raises.
 """
 
 from cython cimport floating
+import numpy as np
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cnnx._kernel_utils cimport prefetch_rows, valid_range
+
+cdef extern from "_corr_kernel.h":
+    enum:
+        CORR_OB "CNNX_CORR_OB"
+        CORR_OB_SMALL "CNNX_CORR_OB_SMALL"
+    void cnnx_corr_block_f(int width, const float* src, const Py_ssize_t* offs,
+                           Py_ssize_t t0, Py_ssize_t t1, const float* wb, float* dst,
+                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
+    void cnnx_corr_block_d(int width, const double* src, const Py_ssize_t* offs,
+                           Py_ssize_t t0, Py_ssize_t t1, const double* wb, double* dst,
+                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
 
 
 cdef inline void gemm_nn(int m, int n, int k, const floating* a, int lda,
@@ -118,13 +130,12 @@ cdef inline void input_transform(const floating* rows, Py_ssize_t half, Py_ssize
 cdef void band_input_transform(const floating* x_g, Py_ssize_t C_in_g, Py_ssize_t H,
                                Py_ssize_t W, Py_ssize_t ti0, Py_ssize_t ti1, Py_ssize_t tW,
                                Py_ssize_t pad_top, Py_ssize_t pad_left, floating* rows,
-                               floating* V, Py_ssize_t xi_step) noexcept nogil:
-    """V[xi*xi_step + c*T + t] = (B^T d B)[xi] for the C_in_g channels of ``x_g`` (one
+                               floating* V, Py_ssize_t xi_step, Py_ssize_t ld) noexcept nogil:
+    """V[xi*xi_step + c*ld + t] = (B^T d B)[xi] for the C_in_g channels of ``x_g`` (one
     sample, one group) and the tiles t = (ti - ti0)*tW + tj of tile rows [ti0, ti1)
     (OUT V); tile row ti reads rows 2*(ti - ti0) .. + 3 of the band, loaded into
     ``rows`` once per channel."""
     cdef Py_ssize_t half = tW + 1     # even (and odd) input columns a tile row reads
-    cdef Py_ssize_t T = (ti1 - ti0) * tW
     cdef Py_ssize_t c, ti
     cdef Py_ssize_t n_rows = 2 * (ti1 - ti0) + 2
     for c in range(C_in_g):
@@ -134,7 +145,7 @@ cdef void band_input_transform(const floating* x_g, Py_ssize_t C_in_g, Py_ssize_
         load_rows(x_g + c * H * W, H, W, 2 * ti0 - pad_top, -pad_left, rows, half, n_rows)
         for ti in range(ti0, ti1):
             input_transform(rows + 4 * (ti - ti0) * half, half, tW,
-                            V + c * T + (ti - ti0) * tW, xi_step)
+                            V + c * ld + (ti - ti0) * tW, xi_step)
 
 
 cdef void output_transform(const floating* M, Py_ssize_t xi_step, Py_ssize_t tW,
@@ -345,17 +356,31 @@ def weight_transform(const floating[:, :, :, :] w,  # (C_out, C_in_g, 3, 3), any
             transform_run(w, U, o, r * RUN, min(r * RUN + RUN, C_in_g))
 
 
-# The 16 matrices V[xi] (and M[xi]) sit this many values more than C*T apart: a transform
+# The 16 matrices V[xi] (and M[xi]) sit this many values more than C*ld apart: a transform
 # touches all 16 at once, and at a power-of-two distance they would share cache sets.
+# Their rows are ld values apart, the T tiles rounded up to TILE_ROUND: the blocked kernel
+# computes the tiles 2 vectors (16 float32, 8 float64) at a time.
 cdef enum:
     XI_PAD = 16
+    TILE_ROUND = 16
+
+
+cdef inline Py_ssize_t block_rows(Py_ssize_t n_out) noexcept nogil:
+    """Rows of M the blocked kernel writes for n_out output channels: blocks of CORR_OB
+    (6), the last one CORR_OB_SMALL (4) wide when that covers the rest (as
+    _conv.block_width)."""
+    cdef Py_ssize_t n_ob = (n_out + CORR_OB - 1) // CORR_OB, rest = n_out % CORR_OB
+    if n_ob == 0:
+        return 0
+    return (n_ob - 1) * CORR_OB + (CORR_OB_SMALL if 0 < rest <= CORR_OB_SMALL else CORR_OB)
 
 
 cdef struct BandItem:
     # a work item of forward and weight_grad: sample n, group g, tile rows [ti0, ti1)
-    # (T tiles), and where its pieces start in the thread's workspace (values from the
-    # start: V is 16 runs of V_step, then M 16 of M_step, the band's rows, scratch)
-    Py_ssize_t n, g, ti0, ti1, T, V_step, M_step, M_off, rows_off, tmp_off
+    # (T tiles, in rows of ld >= T values: T rounded up to TILE_ROUND), and where its
+    # pieces start in the thread's workspace (values from the start: V is 16 runs of
+    # V_step, then M 16 of M_step, the band's rows, scratch)
+    Py_ssize_t n, g, ti0, ti1, T, ld, V_step, M_step, M_off, rows_off, tmp_off
 
 
 cdef inline BandItem band_item(Py_ssize_t item, Py_ssize_t n_bands, Py_ssize_t groups,
@@ -370,12 +395,22 @@ cdef inline BandItem band_item(Py_ssize_t item, Py_ssize_t n_bands, Py_ssize_t g
     it.ti0 = band * tile_rows
     it.ti1 = min(it.ti0 + tile_rows, tH)
     it.T = (it.ti1 - it.ti0) * tW
-    it.V_step = C_in_g * it.T + XI_PAD
-    it.M_step = C_out_g * it.T + XI_PAD
+    # the rows of a full band (the same offsets for every band, see tile_offsets), an odd
+    # number of TILE_ROUND runs: rows a power of two apart would share cache sets
+    it.ld = (min(tile_rows, tH) * tW + TILE_ROUND - 1) // TILE_ROUND
+    it.ld = (it.ld + 1 - it.ld % 2) * TILE_ROUND
+    it.V_step = C_in_g * it.ld + XI_PAD
+    it.M_step = block_rows(C_out_g) * it.ld + XI_PAD
     it.M_off = 16 * it.V_step
     it.rows_off = it.M_off + 16 * it.M_step
     it.tmp_off = it.rows_off + (2 * tile_rows + 2) * 2 * (tW + 1)
     return it
+
+
+def tile_offsets(Py_ssize_t C_in_g, Py_ssize_t ld):
+    """The blocked kernel's tap offsets: input channel c's row of V[xi] at c*ld."""
+    cdef Py_ssize_t[::1] offs = np.arange(max(C_in_g, 1), dtype=np.intp) * ld
+    return offs
 
 
 def workspace_size(Py_ssize_t C_in_g, Py_ssize_t C_out_g, Py_ssize_t W_out, Py_ssize_t tile_rows):
@@ -387,21 +422,31 @@ def workspace_size(Py_ssize_t C_in_g, Py_ssize_t C_out_g, Py_ssize_t W_out, Py_s
 
 
 def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
-            const floating[:, :, ::1] U,      # (16, C_out, C_in_g): U[xi, o, c] = (G w[o, c] G^T)[xi]
+            const floating[:, :, ::1] Ub,     # (16, groups, values): the kernels, see below
+            bint blocked,
             const floating[::1] bias, bint has_bias,
             floating[:, :, :, ::1] y,         # OUT (N, C_out, H_out, W_out)
             floating[:, ::1] work,            # scratch per thread: workspace_size(...) values
             Py_ssize_t groups, Py_ssize_t pad_top, Py_ssize_t pad_left,
             Py_ssize_t tile_rows, int n_threads):
     """y = conv2d(x, w, bias) for a 3x3 kernel, stride 1, dilation 1: one band of
-    ``tile_rows`` tile rows of one (sample, group) per work item."""
+    ``tile_rows`` tile rows of one (sample, group) per work item.
+
+    ``Ub[xi, g]``: the kernels U[xi, o, c] = (G w[o, c] G^T)[xi] of group g.  ``blocked``:
+    the products M[xi] = U[xi] V[xi] run in the blocked kernel of _corr_kernel.h, the input
+    channels as its taps (offsets c*ld), the band's tiles as its positions, and Ub[xi, g]
+    holds U[xi] blocked as _conv.correlate's weights (cnnx.functional._blocked_weights of
+    U[xi] as 1x1 kernels: block b, outputs 6b on, from 6b*C_in_g, c*width + o within it).
+    Otherwise they are BLAS calls, and Ub[xi, g] is U[xi, o, c] at o*C_in_g + c."""
     cdef Py_ssize_t N = x.shape[0], C_in = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t C_out = y.shape[1], H_out = y.shape[2], W_out = y.shape[3]
     cdef Py_ssize_t C_in_g = C_in // groups, C_out_g = C_out // groups
     cdef Py_ssize_t tH = (H_out + 1) // 2, tW = (W_out + 1) // 2
     cdef Py_ssize_t n_bands = (tH + tile_rows - 1) // tile_rows
     cdef Py_ssize_t n_items = N * groups * n_bands
-    cdef Py_ssize_t item, o, xi
+    cdef Py_ssize_t item, o, xi, ob, width, q, k
+    cdef Py_ssize_t n_ob = (C_out_g + CORR_OB - 1) // CORR_OB
+    cdef Py_ssize_t last_w = block_rows(C_out_g) - (n_ob - 1) * CORR_OB
     cdef BandItem it
     cdef floating* V
     cdef floating* M
@@ -410,6 +455,8 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
     cdef floating b
     if n_items == 0 or H_out == 0 or W_out == 0:
         return
+    cdef Py_ssize_t[::1] offs = tile_offsets(C_in_g, band_item(0, n_bands, groups, tile_rows,
+                                                              tH, tW, C_in_g, C_out_g).ld)
     for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
         it = band_item(item, n_bands, groups, tile_rows, tH, tW, C_in_g, C_out_g)
         V = &work[threadid(), 0]
@@ -417,15 +464,34 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
         rows = V + it.rows_off
         tmp = V + it.tmp_off
         band_input_transform(&x[it.n, it.g * C_in_g, 0, 0], C_in_g, H, W, it.ti0, it.ti1,
-                             tW, pad_top, pad_left, rows, V, it.V_step)
-        # M[xi] (C_out_g x T) = U[xi, group g] (C_out_g x C_in_g) @ V[xi] (C_in_g x T),
-        # row-major; as column-major: M^T = V^T @ U^T
+                             tW, pad_top, pad_left, rows, V, it.V_step, it.ld)
+        # M[xi] (C_out_g x T, rows ld apart) = U[xi, group g] (C_out_g x C_in_g) @ V[xi]
+        # (C_in_g x T), 6 (or 4) output channels at a time
+        # (TILE_ROUND tiles at a time through all the blocks: those tiles' values of V[xi]
+        # stay in the cache)
         for xi in range(16):
-            gemm_nn(<int> it.T, <int> C_out_g, <int> C_in_g, V + xi * it.V_step, <int> it.T,
-                    &U[xi, it.g * C_out_g, 0], <int> C_in_g, M + xi * it.M_step, <int> it.T)
+            if not blocked:   # as column-major: M^T = V^T @ U^T
+                gemm_nn(<int> it.T, <int> C_out_g, <int> C_in_g, V + xi * it.V_step,
+                        <int> it.ld, &Ub[xi, it.g, 0], <int> C_in_g, M + xi * it.M_step,
+                        <int> it.ld)
+                continue
+            for k in range((it.T + TILE_ROUND - 1) // TILE_ROUND):
+                q = k * TILE_ROUND
+                for ob in range(n_ob):
+                    width = last_w if ob == n_ob - 1 else CORR_OB
+                    if floating is float:
+                        cnnx_corr_block_f(<int> width, V + xi * it.V_step + q, &offs[0], 0,
+                                          C_in_g, &Ub[xi, it.g, ob * CORR_OB * C_in_g],
+                                          M + xi * it.M_step + ob * CORR_OB * it.ld + q, it.ld,
+                                          min(TILE_ROUND, it.T - q))
+                    else:
+                        cnnx_corr_block_d(<int> width, V + xi * it.V_step + q, &offs[0], 0,
+                                          C_in_g, &Ub[xi, it.g, ob * CORR_OB * C_in_g],
+                                          M + xi * it.M_step + ob * CORR_OB * it.ld + q, it.ld,
+                                          min(TILE_ROUND, it.T - q))
         for o in range(C_out_g):
             b = bias[it.g * C_out_g + o] if has_bias else 0
-            output_transform(M + o * it.T, it.M_step, tW, it.T,
+            output_transform(M + o * it.ld, it.M_step, tW, it.T,
                              &y[it.n, it.g * C_out_g + o, 0, 0], H_out, W_out, it.ti0, b, tmp)
 
 
@@ -479,17 +545,17 @@ def weight_grad(const floating[:, :, :, ::1] x,          # (N, C_in, H, W)
         tmp = V + it.tmp_off
         dU = &dU_acc[threadid(), 0]
         band_input_transform(&x[it.n, it.g * C_in_g, 0, 0], C_in_g, H, W, it.ti0, it.ti1,
-                             tW, pad_top, pad_left, rows, V, it.V_step)
+                             tW, pad_top, pad_left, rows, V, it.V_step, it.ld)
         for o in range(C_out_g):  # (the rows buffer is free again: 4*T values of it)
             if o + 1 < C_out_g:
                 prefetch_rows(&grad_out[it.n, it.g * C_out_g + o + 1, 0, 0], sizeof(floating),
                               H_out, W_out, 2 * it.ti0, 2 * (it.ti1 - it.ti0))
             load_grad_pairs(&grad_out[it.n, it.g * C_out_g + o, 0, 0], H_out, W_out, it.ti0,
                             it.T, tW, rows)
-            grad_out_transform(rows, it.T, tmp, dM + o * it.T, it.M_step)
+            grad_out_transform(rows, it.T, tmp, dM + o * it.ld, it.M_step)
         # dU[xi] (C_out x C_in_g, row-major; group g's rows) += dM[xi] (C_out_g x T) @ V[xi]^T,
         # as column-major: dU^T (C_in_g x C_out_g) += V[xi]^T-as-stored^T @ dM[xi]
         for xi in range(16):
-            gemm_tn_acc(<int> C_in_g, <int> C_out_g, <int> it.T, V + xi * it.V_step, <int> it.T,
-                        dM + xi * it.M_step, <int> it.T,
+            gemm_tn_acc(<int> C_in_g, <int> C_out_g, <int> it.T, V + xi * it.V_step, <int> it.ld,
+                        dM + xi * it.M_step, <int> it.ld,
                         dU + (xi * C_out + it.g * C_out_g) * C_in_g, <int> C_in_g)

@@ -220,6 +220,12 @@ WINOGRAD_MIN_SAMPLE_TILES = 36
 # Winograd work items hold about this many 2x2 output tiles (its workspace is
 # 16 * (C_in_g + C_out_g) values per tile).
 WINOGRAD_TILES = 128
+# The Winograd-domain products in the blocked kernel (_winograd.forward's ``blocked``) up to
+# this many input channels per group, the BLAS above (measured on this project's bench
+# machine, 1 thread, float32 forward, blocked vs BLAS: 64x16x32x32 -> 32 1.14-1.25x faster,
+# 64x32x32x32 -> 64 1.02-1.13, 8x64x28x28 1.07, 32x64x56x56 1.02-1.20; 8x128x28x28 0.91,
+# 8x256x16x16 0.93, 8x256x14x14 0.63-0.80, 49 tiles a band, 15 of 64 spare).
+WINOGRAD_BLOCKED_MAX_C_IN = 64
 
 
 # The blocked direct kernels (_conv.correlate, _conv.correlate_weight_grad) copy a band of
@@ -517,11 +523,16 @@ def _gemm_plan(spec, backward, wide=False):
     return samples, rows, size
 
 
-def _winograd_weights(weight):
-    """The kernels in Winograd form: (16, C_out, C_in_g), see cnnx/_winograd.pyx."""
-    U = np.empty((16, weight.shape[0], weight.shape[1]), dtype=weight.dtype)
-    _winograd.weight_transform(weight, U, _threads_for(U.size, weight.shape[0]))
-    return U
+def _winograd_weights(weight, groups, blocked):
+    """The kernels in Winograd form for _winograd.forward, (16, groups, values): U (16,
+    C_out, C_in_g) (see cnnx/_winograd.pyx), each U[xi] blocked like 1x1 kernels for
+    _conv.correlate when ``blocked``."""
+    C_out, C_in_g = weight.shape[:2]
+    U = np.empty((16, C_out, C_in_g), dtype=weight.dtype)
+    _winograd.weight_transform(weight, U, _threads_for(U.size, C_out))
+    if blocked:
+        U = _blocked_weights(U.reshape(16 * C_out, C_in_g, 1, 1), 16 * groups)
+    return U.reshape(16, groups, -1)
 
 
 def _winograd_plan(x, C_out, H_out, W_out, groups, work):
@@ -538,12 +549,24 @@ def _winograd_plan(x, C_out, H_out, W_out, groups, work):
     return tile_rows, n_threads, np.empty((n_threads, size), dtype=x.dtype)
 
 
-def _winograd_conv(x, U, b, has_bias, y, groups, pad_top, pad_left, work):
-    """y = 3x3 stride-1 conv of x (kernels transformed into U), tiles split over threads."""
+def _winograd_blocked(C_in_g, T):
+    """Whether _winograd.forward should multiply in the blocked kernel (rather than the
+    BLAS): for at most WINOGRAD_BLOCKED_MAX_C_IN input channels per group, where the BLAS's
+    packing of V costs most next to the product, and bands of T tiles that the kernel's
+    runs of 16 tiles cover with at most 1/8 of them to spare."""
+    spare = -T % 16
+    return C_in_g <= WINOGRAD_BLOCKED_MAX_C_IN and 8 * spare <= T + spare
+
+
+def _winograd_conv(x, weight, b, has_bias, y, groups, pad_top, pad_left, work):
+    """y = 3x3 stride-1 conv of x (kernels ``weight``, (C_out, C_in_g, 3, 3)), tiles split
+    over threads."""
     tile_rows, n_threads, scratch = _winograd_plan(x, *y.shape[1:], groups, work)
+    blocked = _winograd_blocked(x.shape[1] // groups, tile_rows * ((y.shape[3] + 1) // 2))
+    U = _winograd_weights(weight, groups, blocked)
     with _blas_threads(1):
-        _winograd.forward(x, U, b, has_bias, y, scratch, groups, pad_top, pad_left, tile_rows,
-                          n_threads)
+        _winograd.forward(x, U, blocked, b, has_bias, y, scratch, groups, pad_top, pad_left,
+                          tile_rows, n_threads)
 
 
 def _winograd_weight_grad(grad_out, x, spec, work):
@@ -568,7 +591,7 @@ def _winograd_input_grad(grad_out, weight, grad_x, spec, work):
     G, C_out_g, C_in_g = spec.groups, spec.C_out // spec.groups, spec.C_in // spec.groups
     flipped = (weight.reshape(G, C_out_g, C_in_g, 3, 3).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
                .reshape(spec.C_in, C_out_g, 3, 3))
-    _winograd_conv(grad_out, _winograd_weights(flipped), np.empty(0, grad_out.dtype), False,
+    _winograd_conv(grad_out, flipped, np.empty(0, grad_out.dtype), False,
                    grad_x, G, 2 - spec.pad_top, 2 - spec.pad_left, work)
 
 
@@ -614,7 +637,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, st
         acc = np.empty((n_threads, _conv.direct_scratch(spec)), dtype=np.float64)
         _conv.forward_direct(x, weight, b, has_bias, y, acc, spec, n_threads)
     elif algo == "winograd":
-        _winograd_conv(x, _winograd_weights(weight), b, has_bias, y, spec.groups,
+        _winograd_conv(x, weight, b, has_bias, y, spec.groups,
                        spec.pad_top, spec.pad_left, work)
     else:
         wide = _gemm_wide(spec)

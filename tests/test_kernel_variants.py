@@ -1,8 +1,8 @@
 """The two builds of the pooling kernels (``_pool``, and ``_pool_avx2`` = the same source
 compiled with -mavx2, used on AVX2 CPUs) give bit-for-bit the same results, both equal to
-the reference; so do the two builds of the Winograd kernels (``_winograd``,
-``_winograd_avx2``); the two builds of the convolution kernels (``_conv``, and ``_conv_avx2``
-compiled with -mavx2 -mfma) both match the reference, their GEMM paths bit for bit; which
+the reference; the two builds of the convolution kernels (``_conv``, and ``_conv_avx2``
+compiled with -mavx2 -mfma) both match the reference, their GEMM paths bit for bit, and so
+do the two Winograd builds (``_winograd``, ``_winograd_avx2``, also -mavx2 -mfma); which
 build runs is chosen as documented (cnnx/_kernels.py); and importing cnnx makes OpenMP and
 OpenBLAS workers sleep between calls unless the user said otherwise.
 
@@ -29,20 +29,20 @@ from cnnx.testing import assert_close
 try:
     HAS_AVX2 = _build_info.cpu_has_avx2()
     if HAS_AVX2:
-        from cnnx import _pool_avx2, _winograd_avx2
+        from cnnx import _pool_avx2
 except ImportError:  # built with CNNX_NO_AVX2 or not on x86-64
     HAS_AVX2 = False
 
 try:
     HAS_AVX2_FMA = HAS_AVX2 and _build_info.cpu_has_fma()
     if HAS_AVX2_FMA:
-        from cnnx import _conv_avx2
+        from cnnx import _conv_avx2, _winograd_avx2
 except ImportError:
     HAS_AVX2_FMA = False
 
 VARIANTS = [_pool] + ([_pool_avx2] if HAS_AVX2 else [])
 CONV_VARIANTS = [_conv] + ([_conv_avx2] if HAS_AVX2_FMA else [])
-WINOGRAD_VARIANTS = [_winograd] + ([_winograd_avx2] if HAS_AVX2 else [])
+WINOGRAD_VARIANTS = [_winograd] + ([_winograd_avx2] if HAS_AVX2_FMA else [])
 DTYPES = st.sampled_from([np.float32, np.float64])
 WIDE = 44
 
@@ -89,9 +89,10 @@ def test_the_documented_build_runs():
     assert Fn._conv is expected
     assert _kernels.CONV_VARIANT.startswith("avx2+fma" if expected is not _conv else "baseline")
     assert "convolution kernels" in cnnx.info_dict()
-    expected = _winograd_avx2 if HAS_AVX2 and not os.environ.get("CNNX_NO_AVX2") else _winograd
+    expected = (_winograd_avx2 if HAS_AVX2_FMA and not os.environ.get("CNNX_NO_AVX2")
+                else _winograd)
     assert Fn._winograd is expected
-    assert _kernels.WINOGRAD_VARIANT.startswith("avx2" if expected is not _winograd
+    assert _kernels.WINOGRAD_VARIANT.startswith("avx2+fma" if expected is not _winograd
                                                 else "baseline")
     assert "winograd kernels" in cnnx.info_dict()
 
@@ -109,18 +110,20 @@ def test_cnnx_no_avx2_forces_the_baseline():
 def test_the_avx2_build_is_a_separate_module():
     assert _pool_avx2 is not _pool
     assert _pool_avx2.max_pool_forward is not _pool.max_pool_forward
-    assert _winograd_avx2.forward is not _winograd.forward
     if HAS_AVX2_FMA:
         assert _conv_avx2.forward_direct is not _conv.forward_direct
+        assert _winograd_avx2.forward is not _winograd.forward
 
 
 @given(groups=st.integers(1, 2), c_in=st.integers(1, 3), c_out=st.integers(1, 3),
        n=st.integers(1, 2), h=st.integers(1, 12), w=st.integers(1, WIDE),
        pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), seed=st.integers(0, 2**16),
-       dtype=DTYPES)
-def test_winograd_builds_agree(groups, c_in, c_out, n, h, w, pad, seed, dtype):
-    """Both Winograd builds (the transforms only add, subtract and halve; the products are
-    the same BLAS calls) give the same bits at each thread count, close to the reference."""
+       dtype=DTYPES, blocked=st.booleans())
+def test_winograd_builds_agree(groups, c_in, c_out, n, h, w, pad, seed, dtype, blocked):
+    """Both Winograd builds are close to the reference, each one the same bits at 1 and 2
+    threads; with the products through the BLAS (the transforms only add, subtract and
+    halve) both builds give the same bits, while the blocked products (fused
+    multiply-adds in the AVX2 build) may differ in the last bits."""
     rng = np.random.default_rng(seed)
     h, w = max(h, 3 - 2 * pad[0]), max(w, 3 - 2 * pad[1])
     x = H.normal(rng, (n, groups * c_in, h, w), dtype)
@@ -128,22 +131,32 @@ def test_winograd_builds_agree(groups, c_in, c_out, n, h, w, pad, seed, dtype):
     b = H.normal(rng, (groups * c_out,), dtype)
     kw = dict(padding=pad, groups=groups)
     y_ref = R.conv2d(x, wt, b, **kw)
-    results = run_all(Fn.conv2d, x, wt, b, variants=WINOGRAD_VARIANTS, algorithm="winograd",
-                      **kw)
-    g = H.normal(rng, y_ref.shape, dtype)
-    grads = run_all(Fn.conv2d_backward, g, x, wt, variants=WINOGRAD_VARIANTS,
-                    algorithm="winograd", **kw)
+    rule = Fn._winograd_blocked
+    Fn._winograd_blocked = lambda C_in_g, T: blocked
+    try:
+        results = run_all(Fn.conv2d, x, wt, b, variants=WINOGRAD_VARIANTS,
+                          algorithm="winograd", **kw)
+        g = H.normal(rng, y_ref.shape, dtype)
+        grads = run_all(Fn.conv2d_backward, g, x, wt, variants=WINOGRAD_VARIANTS,
+                        algorithm="winograd", **kw)
+    finally:
+        Fn._winograd_blocked = rule
     grads_ref = R.conv2d_backward(g, x, wt, **kw)
     for key, (y,) in results.items():
         assert_close(y, y_ref, err_msg=f"conv2d winograd {key}: ")
     for key, res in grads.items():
         for name, r, e in zip(("grad_x", "grad_w", "grad_b"), res, grads_ref):
             assert_close(r, e, err_msg=f"{name} winograd {key}: ")
-    for threads in (1, 2):
-        assert_all_equal({k: v for k, v in results.items() if k[1] == threads},
-                         f"conv2d winograd threads={threads}")
-        assert_all_equal({k: v for k, v in grads.items() if k[1] == threads},
-                         f"conv2d_backward winograd threads={threads}")
+    for module in WINOGRAD_VARIANTS:
+        for out, what in ((results, "conv2d"), (grads, "conv2d_backward")):
+            assert_all_equal({k: v for k, v in out.items() if k[0] == module.__name__},
+                             f"{what} winograd {module.__name__} blocked={blocked}")
+    if not blocked:
+        for threads in (1, 2):
+            assert_all_equal({k: v for k, v in results.items() if k[1] == threads},
+                             f"conv2d winograd threads={threads}")
+            assert_all_equal({k: v for k, v in grads.items() if k[1] == threads},
+                             f"conv2d_backward winograd threads={threads}")
 
 
 @given(cfg=H.conv_configs(max_w=WIDE), dtype=DTYPES, algorithm=st.sampled_from(["direct", "gemm"]))

@@ -1,9 +1,11 @@
 """conv2d algorithm='winograd' (F(2x2, 3x3): 3x3 kernels, stride 1, dilation 1):
 forward and backward vs the reference over every padding, group and shape
-(hypothesis), several tile bands per image, 1 and 2 threads; what 'auto' picks;
-what it refuses."""
+(hypothesis), several tile bands per image, 1 and 2 threads, the Winograd-domain
+products in the blocked kernel and through the BLAS; what 'auto' picks; what it
+refuses."""
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -44,7 +46,21 @@ def winograd_configs(draw):
                             stride=draw(st.sampled_from([1, (1, 1)])),
                             dilation=draw(st.sampled_from([1, [1, 1]]))),
                 tiles=draw(st.sampled_from([1, 2, 3, 128])),
+                blocked=draw(st.sampled_from([None, True, False])),
                 seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@contextmanager
+def products(blocked):
+    """_winograd.forward's products in the blocked kernel (True), the BLAS (False) or as
+    cnnx.functional._winograd_blocked decides (None)."""
+    rule = Fn._winograd_blocked
+    if blocked is not None:
+        Fn._winograd_blocked = lambda C_in_g, T: blocked
+    try:
+        yield
+    finally:
+        Fn._winograd_blocked = rule
 
 
 def _winograd_tiles(monkeypatch, tiles):
@@ -66,7 +82,7 @@ def test_winograd_vs_reference(cfg, dtype):
     try:
         results = {}
         for n in THREADS:
-            with forced_threads(n):
+            with forced_threads(n), products(cfg["blocked"]):
                 y = Fn.conv2d(x, w, b, algorithm="winograd", **kw)
                 grads = Fn.conv2d_backward(g, x, w, algorithm="winograd", **kw)
             assert_close(y, y_ref, err_msg=f"y threads={n}: ")
@@ -90,17 +106,46 @@ def test_winograd_medium_vs_direct(monkeypatch, dtype, padding):
     y_direct = Fn.conv2d(x, w, b, padding=padding, algorithm="direct")
     g = H.normal(rng, y_direct.shape, dtype)
     grads_direct = Fn.conv2d_backward(g, x, w, padding=padding, algorithm="direct")
-    for tiles in (128, 5):
+    for tiles, blocked in ((128, None), (128, True), (128, False), (5, True), (5, False)):
         monkeypatch.setattr(Fn, "WINOGRAD_TILES", tiles)
         for algorithm in ("winograd", "auto"):
             for n in THREADS:
-                with forced_threads(n):
+                with forced_threads(n), products(blocked):
                     y = Fn.conv2d(x, w, b, padding=padding, algorithm=algorithm)
                     grads = Fn.conv2d_backward(g, x, w, padding=padding, algorithm=algorithm)
-                msg = f"{algorithm} tiles={tiles} threads={n}: "
+                msg = f"{algorithm} tiles={tiles} blocked={blocked} threads={n}: "
                 assert_close(y, y_direct, err_msg=msg)
                 for name, r, e in zip(("grad_x", "grad_w", "grad_b"), grads, grads_direct):
                     assert_close(r, e, err_msg=name + " " + msg)
+
+
+def test_blocked_products_where_they_pay():
+    """The blocked kernel for up to WINOGRAD_BLOCKED_MAX_C_IN input channels per group and
+    bands whose runs of 16 tiles leave at most 1/8 spare; the BLAS otherwise."""
+    limit = Fn.WINOGRAD_BLOCKED_MAX_C_IN
+    assert Fn._winograd_blocked(limit, 128) and Fn._winograd_blocked(1, 16)
+    assert not Fn._winograd_blocked(limit + 1, 128)
+    assert Fn._winograd_blocked(32, 56)            # 8 spare of 64
+    assert not Fn._winograd_blocked(32, 49)        # 15 spare of 64
+    assert not Fn._winograd_blocked(32, 4)
+
+
+@pytest.mark.parametrize("c_in, c_out", [(5, 7), (16, 16), (9, 4)])
+def test_blocked_products_match_the_blas(c_in, c_out):
+    """Every block width (6, the last one 4 or 6 wide, outputs past C_out computed and
+    dropped) and bands that are not a multiple of 16 tiles: the blocked products against
+    the BLAS ones, float64 (the same sums in another order)."""
+    rng = np.random.default_rng(c_in * 31 + c_out)
+    x = H.normal(rng, (3, c_in, 13, 11), np.float64)
+    w = H.normal(rng, (c_out, c_in, 3, 3), np.float64)
+    g = H.normal(rng, (3, c_out, 13, 11), np.float64)
+    out = {}
+    for blocked in (True, False):
+        with products(blocked):
+            out[blocked] = (Fn.conv2d(x, w, padding=1, algorithm="winograd"),
+                            *Fn.conv2d_backward(g, x, w, padding=1, algorithm="winograd"))
+    for a, b in zip(out[True], out[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def _spec(x_shape, w_shape, **kw):
