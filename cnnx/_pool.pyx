@@ -730,7 +730,7 @@ cdef void avg_pool_window_row(const floating* x_plane, floating* y_row, const Po
     float32 forward), against the sweeps: 2x2/2 64x32x32x32 1.16 -> 0.87 ms, 64x256x8x8
     5.6 -> 0.85 ms, 3x3/2/1 8x64x56x56 1.68 -> 1.08 ms; float64 level (1.37 -> 1.38)."""
     cdef Py_ssize_t h0 = i * g.stride_h - g.pad_h, S = g.stride_w, K = g.win_K
-    cdef Py_ssize_t w0 = g.win_a * S - g.pad_w, n = g.win_b - g.win_a, j, u, w, w_lo, w_hi
+    cdef Py_ssize_t w0 = g.win_a * S - g.pad_w, n = g.win_b - g.win_a, j, u, w, w_lo, w_hi, b
     cdef const floating* x0 = x_plane + h0 * g.W + w0
     cdef floating s
     if K == 2 and S == 2:
@@ -741,9 +741,10 @@ cdef void avg_pool_window_row(const floating* x_plane, floating* y_row, const Po
         avg_windows(x0, g.W, y_row + g.win_a, n, inv_row[i], inv_col + g.win_a, 1, 2)
     else:
         avg_windows(x0, g.W, y_row + g.win_a, n, inv_row[i], inv_col + g.win_a, 1, 3)
-    for j in range(g.W_out):
-        if g.win_a <= j < g.win_b:
-            continue
+    # the border outputs only: [0, win_a) and [win_b, W_out) (a loop over every j that
+    # skipped the inner ones took 40 % of a 2x2/2 forward on 16-wide rows)
+    for b in range(g.win_a + g.W_out - g.win_b):
+        j = b if b < g.win_a else g.win_b + b - g.win_a
         w_lo = max(j * S - g.pad_w, 0)
         w_hi = min(j * S - g.pad_w + K, g.W)
         s = 0
