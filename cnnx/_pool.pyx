@@ -873,6 +873,25 @@ cdef void avg_pool_grad_plane(const floating* gy_plane, floating* gx_plane, cons
             j0 += jn
 
 
+cdef inline void avg_pool_grad_tiled(const floating* gy_plane, floating* gx_plane,
+                                     const PoolGeom* g, const double* inv_row,
+                                     const double* inv_col, Py_ssize_t K) noexcept nogil:
+    """avg_pool_grad_plane for K x K windows that tile the plane (stride K, no padding, no
+    rows or columns left over), each element written once with 0 + its share (as
+    spread_sweep's ``once``): one loop over the plane, no per-row set-up.  Called with a
+    constant K (measured: see avg_pool_backward)."""
+    cdef Py_ssize_t i, j, u, v
+    cdef floating share
+    cdef floating* gx_row
+    for i in range(g.H_out):
+        gx_row = gx_plane + i * K * g.W
+        for j in range(g.W_out):
+            share = divided(gy_plane[i * g.W_out + j], inv_row, inv_col, i, j)
+            for u in range(K):
+                for v in range(K):
+                    gx_row[u * g.W + j * K + v] = 0 + share
+
+
 cdef void avg_pool_grad_plane_rows(const floating* gy_plane, floating* gx_plane,
                                    const PoolGeom* g, const double* inv_row,
                                    const double* inv_col, floating* share,
@@ -1092,7 +1111,10 @@ def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
     """One plane per work item (a plane's windows overlap when stride < kernel), zeroed by
     its thread first (in cache for the additions) unless the windows tile it exactly (stride
     = kernel, no padding, no rows or columns left over: global pooling, 2x2/2 on even
-    sizes), when every element is written once."""
+    sizes), when every element is written once -- 2x2 windows then in one loop over the
+    plane (avg_pool_grad_tiled; measured, AMD EPYC, AVX2, 1 thread, float32 | float64,
+    against avg_pool_grad_plane and the window-by-window rows: 64x32x32x32 2.3x | 1.3x
+    faster, 64x256x8x8 5.5x | 4.2x, 1x64x56x56 1.6x | 1.4x, 8x64x112x112 1.2x | 1.0x)."""
     cdef PoolGeom g = make_geom(spec)
     cdef bint tiled = (g.stride_h == g.KH and g.stride_w == g.KW and g.pad_h == 0
                        and g.pad_w == 0 and g.H_out * g.KH == g.H and g.W_out * g.KW == g.W)
@@ -1118,7 +1140,10 @@ def avg_pool_backward(const floating[:, :, ::1] grad_out,  # (P, H_out, W_out)
     for p in prange(g.P, nogil=True, schedule="static", num_threads=n_threads):
         if not tiled:
             memset(&grad_x[p, 0, 0], 0, g.H * g.W * sizeof(floating))
-        if rows:
+        if tiled and g.KH == 2 and g.KW == 2:
+            avg_pool_grad_tiled(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0],
+                                &inv_col[0], 2)
+        elif rows:
             avg_pool_grad_plane_rows(&grad_out[p, 0, 0], &grad_x[p, 0, 0], &g, &inv_row[0],
                                      &inv_col[0], &scratch[threadid(), 0],
                                      &scratch[threadid(), g.W_out],

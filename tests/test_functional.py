@@ -602,6 +602,31 @@ def test_avg_pool_backward_stride_2_rows_vs_reference(shape, kwargs, dtype):
     assert_same(got[1], got[0], "2 threads vs 1")
 
 
+@pytest.mark.parametrize("shape, kwargs", [
+    ((2, 3, 8, 8), dict(kernel_size=2)),                       # rows of 4 outputs
+    ((1, 2, 6, 40), dict(kernel_size=2, stride=2)),            # rows of 20
+    ((3, 2, 4, 2), dict(kernel_size=2, divisor_override=3)),
+    ((2, 2, 10, 12), dict(kernel_size=2, ceil_mode=True, count_include_pad=False)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool_backward_tiled_2x2_vs_reference(shape, kwargs, dtype):
+    """2x2 windows with stride 2 that tile the plane exactly: each element of grad_x written
+    once, in one loop over the plane (_pool.avg_pool_grad_tiled) -- as the reference, -0.0
+    shares giving 0.0, at 1 and 2 threads, the same bits at both."""
+    rng = np.random.default_rng(43)
+    x = H.normal(rng, shape, dtype)
+    g = H.normal(rng, R.avg_pool2d(x, **kwargs).shape, dtype)
+    g.flat[::7] = -0.0
+    expected = R.avg_pool2d_backward(g, shape, **kwargs)
+    got = []
+    for n in THREADS:
+        with num_threads(n):
+            got.append(Fn.avg_pool2d_backward(g, shape, **kwargs))
+        assert_close(got[-1], expected, err_msg=f"threads={n}: ")
+        assert not np.signbit(got[-1][got[-1] == 0]).any()
+    assert_same(got[1], got[0], "2 threads vs 1")
+
+
 def test_gemm_blas_threads_rule():
     """The GEMM paths give BLAS one thread inside their own parallel loops and for calls too
     small for a second thread, cnnx's thread count for one big work item."""
