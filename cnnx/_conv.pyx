@@ -27,6 +27,8 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
+from cnnx._corr_kernel cimport (CORR_OB, CORR_OB_SMALL, CORR_SLACK, cnnx_corr_block_d,
+                                cnnx_corr_block_f)
 from cnnx._kernel_utils cimport valid_range
 
 
@@ -1383,16 +1385,6 @@ cdef extern from "_corr_kernel.h":
     CNNX_CORR_GRAD(float, f)
     CNNX_CORR_GRAD(double, d)
     """
-    enum:
-        CORR_OB "CNNX_CORR_OB"
-        CORR_OB_SMALL "CNNX_CORR_OB_SMALL"
-        CORR_SLACK "CNNX_CORR_SLACK"
-    void cnnx_corr_block_f(int width, const float* src, const Py_ssize_t* offs,
-                           Py_ssize_t t0, Py_ssize_t t1, const float* wb, float* dst,
-                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
-    void cnnx_corr_block_d(int width, const double* src, const Py_ssize_t* offs,
-                           Py_ssize_t t0, Py_ssize_t t1, const double* wb, double* dst,
-                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
     Py_ssize_t CNNX_WGRAD_F
     Py_ssize_t CNNX_WGRAD_D
     void cnnx_corr_wgrad_f(const float* src, const Py_ssize_t* offs, Py_ssize_t t0, int nt,

@@ -36,16 +36,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cnnx._kernel_utils cimport prefetch_rows, valid_range
 
-cdef extern from "_corr_kernel.h":
-    enum:
-        CORR_OB "CNNX_CORR_OB"
-        CORR_OB_SMALL "CNNX_CORR_OB_SMALL"
-    void cnnx_corr_block_f(int width, const float* src, const Py_ssize_t* offs,
-                           Py_ssize_t t0, Py_ssize_t t1, const float* wb, float* dst,
-                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
-    void cnnx_corr_block_d(int width, const double* src, const Py_ssize_t* offs,
-                           Py_ssize_t t0, Py_ssize_t t1, const double* wb, double* dst,
-                           Py_ssize_t ld, Py_ssize_t n_pos) noexcept nogil
+from cnnx._corr_kernel cimport CORR_OB, CORR_OB_SMALL, cnnx_corr_block_d, cnnx_corr_block_f
 
 
 cdef inline void gemm_nn(int m, int n, int k, const floating* a, int lda,

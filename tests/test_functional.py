@@ -49,6 +49,17 @@ def assert_same(x, y, err_msg=""):
     assert_array_equal(x, y, err_msg=err_msg)
 
 
+def same_at_thread_counts(fn, expected):
+    """fn() at 1 and 2 threads: each close to ``expected``, the two the same bits."""
+    got = []
+    for n in THREADS:
+        with num_threads(n):
+            got.append(fn())
+        assert_close(got[-1], expected, err_msg=f"threads={n}: ")
+    assert_same(got[1], got[0], "2 threads vs 1")
+    return got
+
+
 # --------------------------------------------------------------------------
 # worked examples (textbook)
 # --------------------------------------------------------------------------
@@ -593,13 +604,8 @@ def test_avg_pool_backward_stride_2_rows_vs_reference(shape, kwargs, dtype):
     rng = np.random.default_rng(37)
     x = H.normal(rng, shape, dtype)
     g = H.normal(rng, R.avg_pool2d(x, **kwargs).shape, dtype)
-    expected = R.avg_pool2d_backward(g, shape, **kwargs)
-    got = []
-    for n in THREADS:
-        with num_threads(n):
-            got.append(Fn.avg_pool2d_backward(g, shape, **kwargs))
-        assert_close(got[-1], expected, err_msg=f"threads={n}: ")
-    assert_same(got[1], got[0], "2 threads vs 1")
+    same_at_thread_counts(lambda: Fn.avg_pool2d_backward(g, shape, **kwargs),
+                          R.avg_pool2d_backward(g, shape, **kwargs))
 
 
 @pytest.mark.parametrize("shape, kwargs", [
@@ -617,14 +623,10 @@ def test_avg_pool_backward_tiled_2x2_vs_reference(shape, kwargs, dtype):
     x = H.normal(rng, shape, dtype)
     g = H.normal(rng, R.avg_pool2d(x, **kwargs).shape, dtype)
     g.flat[::7] = -0.0
-    expected = R.avg_pool2d_backward(g, shape, **kwargs)
-    got = []
-    for n in THREADS:
-        with num_threads(n):
-            got.append(Fn.avg_pool2d_backward(g, shape, **kwargs))
-        assert_close(got[-1], expected, err_msg=f"threads={n}: ")
-        assert not np.signbit(got[-1][got[-1] == 0]).any()
-    assert_same(got[1], got[0], "2 threads vs 1")
+    got = same_at_thread_counts(lambda: Fn.avg_pool2d_backward(g, shape, **kwargs),
+                                R.avg_pool2d_backward(g, shape, **kwargs))
+    for r in got:
+        assert not np.signbit(r[r == 0]).any()
 
 
 def test_gemm_blas_threads_rule():
@@ -655,13 +657,7 @@ def test_avg_pool_phased_bands_vs_reference(shape, kwargs, dtype):
     reference, inf and NaN included, at 1 and 2 threads, the same bits at both."""
     rng = np.random.default_rng(41)
     x = H.with_specials(rng, shape, dtype, fraction=0.02)
-    expected = R.avg_pool2d(x, **kwargs)
-    got = []
-    for n in THREADS:
-        with num_threads(n):
-            got.append(Fn.avg_pool2d(x, **kwargs))
-        assert_close(got[-1], expected, err_msg=f"threads={n}: ")
-    assert_same(got[1], got[0], "2 threads vs 1")
+    same_at_thread_counts(lambda: Fn.avg_pool2d(x, **kwargs), R.avg_pool2d(x, **kwargs))
 
 
 def test_conv_blocked_weight_grad_runs(monkeypatch):
