@@ -75,9 +75,15 @@ def pool_configs(draw, kind="max", allow_empty_batch=True, max_w=MAX_HW):
     ``max_w``: wide rows reach the kernels' vectorised loops)."""
     C = draw(st.integers(1, 3))
     KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    ph, pw = draw(st.integers(0, KH // 2)), draw(st.integers(0, KW // 2))
-    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if kind == "max" else (1, 1)
-    if draw(st.booleans()):
+    # one call in four: windows that tile the input exactly (stride = kernel, no padding,
+    # sizes multiples of the window; mostly 2x2), which the kernels write once per element
+    tiled = draw(st.integers(0, 3)) == 0
+    if tiled:
+        KH, KW = draw(st.sampled_from([(2, 2), (2, 2), (KH, KW)]))
+    ph, pw = (0, 0) if tiled else (draw(st.integers(0, KH // 2)), draw(st.integers(0, KW // 2)))
+    dil = ((draw(st.integers(1, 2)), draw(st.integers(1, 2))) if kind == "max" and not tiled
+           else (1, 1))
+    if tiled or draw(st.booleans()):
         stride, sh, sw = None, KH, KW
     else:
         sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -85,8 +91,12 @@ def pool_configs(draw, kind="max", allow_empty_batch=True, max_w=MAX_HW):
     ceil_mode = draw(st.booleans())
     H_min = max(1, dil[0] * (KH - 1) + 1 - 2 * ph)
     W_min = max(1, dil[1] * (KW - 1) + 1 - 2 * pw)
-    H = draw(st.integers(H_min, MAX_HW))
-    W = draw(st.integers(W_min, max(W_min, max_w)))
+    if tiled:
+        H = KH * draw(st.integers(1, MAX_HW // KH))
+        W = KW * draw(st.integers(1, max(1, max_w // KW)))
+    else:
+        H = draw(st.integers(H_min, MAX_HW))
+        W = draw(st.integers(W_min, max(W_min, max_w)))
     assert pool_output_size(H, KH, sh, ph, dil[0], ceil_mode) > 0
     unbatched = draw(st.booleans())
     N = 1 if unbatched else draw(st.integers(0 if allow_empty_batch else 1, 2))
