@@ -146,13 +146,27 @@ def _blas_threads(n):
                         lib.set_num_threads(old)
 
 
-def _gemm_blas_threads(n_threads, work):
+# A single work item's GEMMs go to the threaded BLAS only when each call has at least this
+# many multiply-adds: a batch-1 backward is one work item of many tile GEMMs, and OpenBLAS
+# threading small ones cost more than it gave (measured on this project's bench machine,
+# 2 threads, float32 backward, BLAS on 2 threads vs 1, two runs: 1x3x224x224 7x7/2 -> 64, 56
+# calls of 2.1e6, 26.3 vs 13.4 ms and 17.1 vs 12.7; 1x256x14x14 1x1 -> 64, 3.2e6, 0.77 vs
+# 0.50 and 0.72 vs 0.52; but 1x128x28x28 3x3/2 -> 256, one of 5.8e7, 5.0 vs 5.7 and 4.1 vs
+# 4.9, 1x256x14x14 3x3 -> 256, 1.2e8, 9.6 vs 11.0 and 6.9 vs 8.8; in between, 1x32x28x28
+# 5x5 -> 64, 4 calls of 1.3e7, 5.1 vs 3.7 and 2.9 vs 3.8, keeps the threaded BLAS).
+GEMM_BLAS_THREADS_MIN_CALL = 1 << 23
+
+
+def _gemm_blas_threads(n_threads, work, call_work=None):
     """BLAS threads for a GEMM path running ``n_threads`` work items at once: one inside a
     parallel loop; cnnx's thread count for a single work item, unless the call is too
-    small for a second thread (``work`` below _PARALLEL_MIN_WORK): waking OpenBLAS's
+    small for a second thread (``work`` below _PARALLEL_MIN_WORK: waking OpenBLAS's
     sleeping worker for a 0.1 ms GEMM made a batch-1 1x1 convolution's 2-thread
-    fwd+bwd swing from 0.6 to 5 ms between bench runs on this project's VM."""
+    fwd+bwd swing from 0.6 to 5 ms between bench runs on this project's VM) or its GEMM
+    calls are (``call_work`` multiply-adds each, below GEMM_BLAS_THREADS_MIN_CALL)."""
     if n_threads > 1 or work < _PARALLEL_MIN_WORK:
+        return 1
+    if call_work is not None and call_work < GEMM_BLAS_THREADS_MIN_CALL:
         return 1
     return get_num_threads()
 
@@ -702,7 +716,10 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
             acc = np.empty((n_threads, weight.size), dtype=x.dtype)
             grad_w = np.empty(weight.shape, dtype=x.dtype)
-            with _blas_threads(_gemm_blas_threads(n_threads, work)):
+            width = _wide_width(spec) if wide else spec.W_out
+            call_work = (spec.C_in // spec.groups * spec.KH * spec.KW * spec.C_out // spec.groups
+                         * samples * rows * width)
+            with _blas_threads(_gemm_blas_threads(n_threads, work, call_work)):
                 _conv.backward_gemm(grad_out, x, weight, grad_x,
                                     grad_w.reshape(spec.C_out, -1), acc, scratch, spec, samples,
                                     rows, n_threads, _gemm_gw_transposed(spec), wide)

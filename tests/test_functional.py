@@ -631,12 +631,15 @@ def test_avg_pool_backward_tiled_2x2_vs_reference(shape, kwargs, dtype):
 
 def test_gemm_blas_threads_rule():
     """The GEMM paths give BLAS one thread inside their own parallel loops and for calls too
-    small for a second thread, cnnx's thread count for one big work item."""
+    small for a second thread, cnnx's thread count for one big work item of big GEMMs."""
     previous = cnnx.set_num_threads(2)
     try:
         assert Fn._gemm_blas_threads(2, 1 << 30) == 1
         assert Fn._gemm_blas_threads(1, Fn._PARALLEL_MIN_WORK - 1) == 1
         assert Fn._gemm_blas_threads(1, Fn._PARALLEL_MIN_WORK) == 2
+        # ... and for a single work item only when its GEMM calls are big enough
+        assert Fn._gemm_blas_threads(1, 1 << 30, Fn.GEMM_BLAS_THREADS_MIN_CALL - 1) == 1
+        assert Fn._gemm_blas_threads(1, 1 << 30, Fn.GEMM_BLAS_THREADS_MIN_CALL) == 2
         cnnx.set_num_threads(1)
         assert Fn._gemm_blas_threads(1, 1 << 30) == 1
     finally:
