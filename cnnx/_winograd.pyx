@@ -9,8 +9,10 @@ the input) and::
 
     V[c]    = B^T d_c B                              (input transform, 4x4)
     U[o, c] = G w[o, c] G^T                          (weight transform, 4x4, once per call)
-    M[o]    = sum_c U[o, c] * V[c]                   (elementwise: 16 GEMMs, one per
-                                                      position xi of the 4x4, over tiles)
+    M[o]    = sum_c U[o, c] * V[c]                   (elementwise: 16 matrix products,
+                                                      one per position xi of the 4x4, over
+                                                      tiles: the blocked kernel of
+                                                      _corr_kernel.h or the BLAS)
     y[o, 2ti:2ti+2, 2tj:2tj+2] = A^T M[o] A + b[o]   (output transform, 2x2)
 
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
@@ -23,8 +25,9 @@ grad_out, with the kernels flipped and in/out channels swapped, padding
 its arguments.
 
 Work items are (sample, group, band of tile rows); each thread owns a
-workspace of V (16 x C_in_g x T), M (16 x C_out_g x T) and four zero-padded
-input rows, T = tiles in a band.  All arguments were validated by
+workspace of V (16 x C_in_g x ld), M (16 x C_out_g x ld, C_out_g rounded up to the
+blocked kernel's blocks) and four zero-padded input rows, T <= ld = tiles in a band
+(see band_item).  All arguments were validated by
 cnnx.functional; nothing here raises.
 """
 
