@@ -27,8 +27,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
-from cnnx._corr_kernel cimport (CORR_OB, CORR_OB_SMALL, CORR_SLACK, cnnx_corr_block_d,
-                                cnnx_corr_block_f)
+from cnnx._corr_kernel cimport CORR_OB, CORR_OB_SMALL, CORR_SLACK, corr_kernel
 from cnnx._kernel_utils cimport valid_range
 
 
@@ -1460,10 +1459,7 @@ cdef inline void corr_block(const floating* buf, const Py_ssize_t* offs, const f
     cdef Py_ssize_t run = (k.T + n_runs - 1) // n_runs
     while t0 < k.T:
         t1 = min(t0 + run, k.T)
-        if floating is float:
-            cnnx_corr_block_f(<int> width, buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
-        else:
-            cnnx_corr_block_d(<int> width, buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
+        corr_kernel(<int> width, buf, offs, t0, t1, wb, out, k.out_ld, n_pos)
         if t0 > 0 or t1 < k.T:
             for o in range(width):
                 m = o * k.out_ld

@@ -39,7 +39,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cnnx._kernel_utils cimport prefetch_rows, valid_range
 
-from cnnx._corr_kernel cimport CORR_OB, CORR_OB_SMALL, cnnx_corr_block_d, cnnx_corr_block_f
+from cnnx._corr_kernel cimport CORR_OB, CORR_OB_SMALL, corr_kernel
 
 
 cdef inline void gemm_nn(int m, int n, int k, const floating* a, int lda,
@@ -473,16 +473,10 @@ def forward(const floating[:, :, :, ::1] x,   # (N, C_in, H, W)
                 q = k * TILE_ROUND
                 for ob in range(n_ob):
                     width = last_w if ob == n_ob - 1 else CORR_OB
-                    if floating is float:
-                        cnnx_corr_block_f(<int> width, V + xi * it.V_step + q, &offs[0], 0,
-                                          C_in_g, &Ub[xi, it.g, ob * CORR_OB * C_in_g],
-                                          M + xi * it.M_step + ob * CORR_OB * it.ld + q, it.ld,
-                                          min(TILE_ROUND, it.T - q))
-                    else:
-                        cnnx_corr_block_d(<int> width, V + xi * it.V_step + q, &offs[0], 0,
-                                          C_in_g, &Ub[xi, it.g, ob * CORR_OB * C_in_g],
-                                          M + xi * it.M_step + ob * CORR_OB * it.ld + q, it.ld,
-                                          min(TILE_ROUND, it.T - q))
+                    corr_kernel(<int> width, V + xi * it.V_step + q, &offs[0], 0, C_in_g,
+                                &Ub[xi, it.g, ob * CORR_OB * C_in_g],
+                                M + xi * it.M_step + ob * CORR_OB * it.ld + q, it.ld,
+                                min(TILE_ROUND, it.T - q))
         for o in range(C_out_g):
             b = bias[it.g * C_out_g + o] if has_bias else 0
             output_transform(M + o * it.ld, it.M_step, tW, it.T,
