@@ -609,18 +609,22 @@ def test_avg_pool_backward_stride_2_rows_vs_reference(shape, kwargs, dtype):
 
 
 @pytest.mark.parametrize("shape, kwargs", [
-    ((2, 3, 8, 8), dict(kernel_size=2)),                       # rows of 4 outputs
+    ((2, 3, 8, 8), dict(kernel_size=2)),                       # rows of 4 outputs (width 8)
+    ((3, 5, 6, 16), dict(kernel_size=2, stride=2)),            # width 16; bands across planes
     ((1, 2, 6, 40), dict(kernel_size=2, stride=2)),            # rows of 20
     ((3, 2, 4, 2), dict(kernel_size=2, divisor_override=3)),
     ((2, 2, 10, 12), dict(kernel_size=2, ceil_mode=True, count_include_pad=False)),
+    ((1, 1, 2, 2), dict(kernel_size=2)),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_avg_pool_backward_tiled_2x2_vs_reference(shape, kwargs, dtype):
-    """2x2 windows with stride 2 that tile the plane exactly: each element of grad_x written
-    once, in one loop over the plane (_pool.avg_pool_grad_tiled) -- as the reference, -0.0
-    shares giving 0.0, at 1 and 2 threads, the same bits at both."""
+def test_avg_pool_tiled_2x2_vs_reference(shape, kwargs, dtype):
+    """2x2 windows with stride 2 that tile the plane exactly go in bands of rows across the
+    planes (_pool.avg_pool_tiled_rows, avg_pool_grad_tiled_rows), each element of grad_x
+    written once: forward and backward as the reference, -0.0 shares giving 0.0, at 1 and
+    2 threads, the same bits at both."""
     rng = np.random.default_rng(43)
     x = H.normal(rng, shape, dtype)
+    same_at_thread_counts(lambda: Fn.avg_pool2d(x, **kwargs), R.avg_pool2d(x, **kwargs))
     g = H.normal(rng, R.avg_pool2d(x, **kwargs).shape, dtype)
     g.flat[::7] = -0.0
     got = same_at_thread_counts(lambda: Fn.avg_pool2d_backward(g, shape, **kwargs),
