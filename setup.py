@@ -107,7 +107,7 @@ def _extension(name, extra_compile_args=()):
         f"cnnx.{name}",
         [f"cnnx/{name}.pyx"],
         include_dirs=[np.get_include()],
-        depends=["cnnx/_corr_kernel.h", "cnnx/_corr_kernel.pxd", "cnnx/_kernel_utils.pxd"],
+        depends=["cnnx/_argmax.h", "cnnx/_corr_kernel.h", "cnnx/_corr_kernel.pxd", "cnnx/_kernel_utils.pxd"],
         define_macros=list(macros),
         extra_compile_args=list(opt_args) + list(extra_compile_args),
         extra_link_args=list(link_args),

@@ -774,8 +774,9 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike,
     grad_x = (np.empty if P and grad_out.size else np.zeros)(shape, dtype=grad_out.dtype)
     if P and grad_out.size:
         L = grad_out.shape[2] * grad_out.shape[3]
-        # (the kernel size is not known here: counted as 2x2 windows)
-        n_threads = _threads_for(grad_out.size * 4 // _POOL_WORK_SCALE, P)
+        # (the kernel size is not known here: counted as 2x2 windows, or as the planes it
+        # zeroes when they are bigger: global pooling)
+        n_threads = _threads_for(max(grad_out.size * 4, grad_x.size) // _POOL_WORK_SCALE, P)
         n_bad = _pool.max_pool_backward(grad_out.reshape(P, L), idx.reshape(P, L),
                                         grad_x.reshape(P, H * W), n_threads)
         if n_bad:

@@ -530,6 +530,44 @@ def test_max_pool_2x2_staged_rows_vs_reference(shape, stride, dtype):
 
 
 @pytest.mark.parametrize("shape, kwargs", [
+    ((4, 64, 7, 7), dict(kernel_size=7)),                      # global: runs of 49
+    ((2, 3, 2, 2), dict(kernel_size=2)),                       # runs of 4 (< one vector)
+    ((2, 5, 2, 4), dict(kernel_size=2, stride=1)),             # runs of 8 (one AVX vector)
+    ((1, 3, 5, 3), dict(kernel_size=3, stride=1)),             # 3 windows of 9
+    ((2, 3, 14, 7), dict(kernel_size=(3, 7), stride=(2, 1), padding=(1, 0))),  # row padding
+    ((2, 2, 9, 5), dict(kernel_size=(4, 5), stride=(3, 4), ceil_mode=True)),   # overhang
+    ((1, 2, 5, 3), dict(kernel_size=3, dilation=(2, 1), padding=(1, 0))),      # not this path
+])
+@pytest.mark.parametrize("fill", ["specials", "all_nan", "all_-inf", "signed_zeros"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_whole_rows_vs_reference(shape, kwargs, fill, dtype):
+    """Windows of whole input rows (W_out = 1: global max pooling) as one contiguous run per
+    window, one running maximum per vector lane (_argmax.h): values and indices as the
+    reference -- first-max ties, NaN wins (the last one), all -inf at the first tap, -0.0
+    and 0.0 tied -- at 1 and 2 threads."""
+    rng = np.random.default_rng(53)
+    x = H.with_specials(rng, shape, dtype, fraction=0.05)
+    if fill == "all_nan":
+        x[...] = np.nan
+    elif fill == "all_-inf":
+        x[...] = -np.inf
+    elif fill == "signed_zeros":
+        x = np.where(rng.random(shape) < 0.5, -0.0, 0.0).astype(dtype)
+        x.flat[::11] = -1
+    y_ref, idx_ref = R.max_pool2d(x, **kwargs)
+    for n in THREADS:
+        with num_threads(n):
+            y, idx = Fn.max_pool2d(x, **kwargs)
+        assert_same(y, y_ref, f"threads={n}")
+        assert_same(idx, idx_ref, f"threads={n}")
+        assert_array_equal(np.signbit(y), np.signbit(y_ref))
+        g = H.normal(rng, y.shape, dtype)
+        with num_threads(n):
+            gx = Fn.max_pool2d_backward(g, idx, shape)
+        assert_close(gx, R.max_pool2d_backward(g, idx_ref, shape), err_msg=f"threads={n}")
+
+
+@pytest.mark.parametrize("shape, kwargs", [
     ((1, 2, 21, 2000), dict(kernel_size=3, stride=2, padding=1)),   # bands of 2 output rows
     ((2, 3, 13, 1500), dict(kernel_size=3, stride=1, padding=1)),   # 7 bands of 2 rows
     ((2, 3, 11, 12), dict(kernel_size=2, stride=(3, 2), padding=1)),  # rows between windows
