@@ -513,12 +513,18 @@ def test_conv_blocked_direct_vs_reference(monkeypatch, case, dtype, band_values)
     ((1, 2, 5, 2048), (1, 2)),  # 1024 outputs a row (the most one run holds), rows overlap
     ((1, 2, 4, 2050), 2),       # 1025: window by window instead
     ((5, 7, 9, 9), 2),          # odd sizes: the last row and column left out
+    ((3, 5, 8, 8), 2),          # rows of 4 outputs read in place, width 8 (max_pool_rows_2x2)
+    ((2, 3, 16, 17), 2),        # width 17: rows of 8, the generic width
+    ((2, 3, 6, 16), (1, 2)),    # width 16, rows overlap
+    ((2, 3, 32, 32), 2),        # width 32
+    ((1, 4, 10, 56), 2),        # generic width, rows of 28 outputs
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_pool_2x2_staged_rows_vs_reference(shape, stride, dtype):
-    """2x2 max pooling with column stride 2 and no padding copies the windows' rows of
-    several output rows into one run (_pool.max_pool_staged_rows): values, first-max ties
-    and NaNs as the reference, at 1 and 2 threads."""
+    """2x2 max pooling with column stride 2 and no padding reads rows of a multiple of 4
+    outputs in place (_pool.max_pool_rows_2x2), and copies the windows' rows of several
+    output rows of other lengths into one run (_pool.max_pool_staged_rows): values,
+    first-max ties and NaNs as the reference, at 1 and 2 threads."""
     rng = np.random.default_rng(23)
     x = H.with_specials(rng, shape, dtype, fraction=0.05)
     y_ref, idx_ref = R.max_pool2d(x, 2, stride)
