@@ -677,6 +677,25 @@ def test_avg_pool_tiled_2x2_vs_reference(shape, kwargs, dtype):
         assert not np.signbit(r[r == 0]).any()
 
 
+def test_pool_work_rule():
+    """Pooling's work estimate: window taps over _POOL_WORK_SCALE, but whole-row windows
+    (global pooling) count every tap, so a batch of 7x7 global poolings gets the second
+    thread from 2**18 taps where banded 3x3 windows need 2**21."""
+    from cnnx._shapes import prepare_max_pool2d
+    previous = cnnx.set_num_threads(2)
+    try:
+        _, glob, _ = prepare_max_pool2d(np.zeros((16, 512, 7, 7), np.float32), 7, None, 0, 1,
+                                        False)
+        _, banded, _ = prepare_max_pool2d(np.zeros((16, 512, 7, 7), np.float32), 3, 2, 1, 1,
+                                          False)
+        assert Fn._pool_work(glob, 16 * 512) == 16 * 512 * 49
+        assert Fn._pool_work(banded, 16 * 512 * 16) == 16 * 512 * 16 * 9 // Fn._POOL_WORK_SCALE
+        assert Fn._threads_for(Fn._pool_work(glob, 16 * 512), 16 * 512) == 2
+        assert Fn._threads_for(Fn._pool_work(banded, 16 * 512 * 16), 16 * 512 * 4) == 1
+    finally:
+        cnnx.set_num_threads(previous)
+
+
 def test_gemm_blas_threads_rule():
     """The GEMM paths give BLAS one thread inside their own parallel loops and for calls too
     small for a second thread, cnnx's thread count for one big work item of big GEMMs."""
