@@ -60,6 +60,18 @@ def same_at_thread_counts(fn, expected):
     return got
 
 
+def max_pool_as_reference(x, *args, **kwargs):
+    """Fn.max_pool2d(x, ...) at 1 and 2 threads: values and indices the reference's (NaN
+    meets NaN); returns the reference's (y, indices) and the last cnnx (y, indices)."""
+    y_ref, idx_ref = R.max_pool2d(x, *args, **kwargs)
+    for n in THREADS:
+        with num_threads(n):
+            y, idx = Fn.max_pool2d(x, *args, **kwargs)
+        assert_same(y, y_ref, f"threads={n}")
+        assert_same(idx, idx_ref, f"threads={n}")
+    return (y_ref, idx_ref), (y, idx)
+
+
 # --------------------------------------------------------------------------
 # worked examples (textbook)
 # --------------------------------------------------------------------------
@@ -527,12 +539,7 @@ def test_max_pool_2x2_staged_rows_vs_reference(shape, stride, dtype):
     first-max ties and NaNs as the reference, at 1 and 2 threads."""
     rng = np.random.default_rng(23)
     x = H.with_specials(rng, shape, dtype, fraction=0.05)
-    y_ref, idx_ref = R.max_pool2d(x, 2, stride)
-    for n in THREADS:
-        with num_threads(n):
-            y, idx = Fn.max_pool2d(x, 2, stride)
-        assert_same(y, y_ref, f"threads={n}")
-        assert_same(idx, idx_ref, f"threads={n}")
+    max_pool_as_reference(x, 2, stride)
 
 
 @pytest.mark.parametrize("shape, kwargs", [
@@ -560,17 +567,11 @@ def test_max_pool_whole_rows_vs_reference(shape, kwargs, fill, dtype):
     elif fill == "signed_zeros":
         x = np.where(rng.random(shape) < 0.5, -0.0, 0.0).astype(dtype)
         x.flat[::11] = -1
-    y_ref, idx_ref = R.max_pool2d(x, **kwargs)
-    for n in THREADS:
-        with num_threads(n):
-            y, idx = Fn.max_pool2d(x, **kwargs)
-        assert_same(y, y_ref, f"threads={n}")
-        assert_same(idx, idx_ref, f"threads={n}")
-        assert_array_equal(np.signbit(y), np.signbit(y_ref))
-        g = H.normal(rng, y.shape, dtype)
-        with num_threads(n):
-            gx = Fn.max_pool2d_backward(g, idx, shape)
-        assert_close(gx, R.max_pool2d_backward(g, idx_ref, shape), err_msg=f"threads={n}")
+    (y_ref, idx_ref), (y, idx) = max_pool_as_reference(x, **kwargs)
+    assert_array_equal(np.signbit(y), np.signbit(y_ref))
+    g = H.normal(rng, y.shape, dtype)
+    same_at_thread_counts(lambda: Fn.max_pool2d_backward(g, idx, shape),
+                          R.max_pool2d_backward(g, idx_ref, shape))
 
 
 @pytest.mark.parametrize("shape, kwargs", [
@@ -593,12 +594,7 @@ def test_max_pool_phased_bands_vs_reference(shape, kwargs, dtype):
     rng = np.random.default_rng(29)
     x = H.with_specials(rng, shape, dtype, fraction=0.05)
     x[-1, -1] = -np.inf
-    y_ref, idx_ref = R.max_pool2d(x, **kwargs)
-    for n in THREADS:
-        with num_threads(n):
-            y, idx = Fn.max_pool2d(x, **kwargs)
-        assert_same(y, y_ref, f"threads={n}")
-        assert_same(idx, idx_ref, f"threads={n}")
+    max_pool_as_reference(x, **kwargs)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
