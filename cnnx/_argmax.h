@@ -105,7 +105,7 @@ static inline int64_t NAME##_run(const T* a, int64_t n) {                       
         NAME##_take(&best, &code, v, pos, (v > best) | (v != v));                     \
         pos += step;                                                                  \
     }                                                                                 \
-    if (k < n && n >= L) {         /* the last L elements again */        \
+    if (k < n && n >= L) {         /* the last L elements again */                  \
         memcpy(&v, a + n - L, sizeof v);                                              \
         pos -= step - (I) (n - k);                                                    \
         NAME##_take(&best, &code, v, pos, (v > best) | (v != v));                     \

@@ -663,11 +663,13 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
                      spec, int n_threads):
     """Work items of (plane, band of output rows), so even a single plane uses every thread:
     runs of rows across the planes for unpadded 2x2/2 windows (max_pool_2x2_band), phased
-    bands for other 2x2 and 3x3 windows with strides (1, 1) or (2, 2) (measured, AMD EPYC, AVX2, 1 thread, float32 | float64 forward,
-    against max_pool_row's sweeps: 3x3/2/1 32x64x56x56 7.2 -> 6.3 | 11.4 -> 12.1 ms,
-    1x64x112x112 0.62 -> 0.53 | 1.19 -> 1.08, 64x256x8x8 5.4 -> 2.8 | 7.5 -> 3.6;
-    3x3/1/1 8x32x32x32 0.80 -> 0.47 | 1.46 -> 1.04; 2x2/1 64x256x8x8 6.2 -> 2.9 |
-    5.8 -> 3.1), one output row per item with max_pool_row for the rest."""
+    bands for other 2x2 and 3x3 windows with strides (1, 1) or (2, 2) (measured, AMD EPYC,
+    AVX2, 1 thread, float32 | float64 forward, against max_pool_row's sweeps: 3x3/2/1
+    32x64x56x56 7.2 -> 6.3 | 11.4 -> 12.1 ms, 1x64x112x112 0.62 -> 0.53 | 1.19 -> 1.08,
+    64x256x8x8 5.4 -> 2.8 | 7.5 -> 3.6; 3x3/1/1 8x32x32x32 0.80 -> 0.47 | 1.46 -> 1.04;
+    2x2/1 64x256x8x8 6.2 -> 2.9 | 5.8 -> 3.1), each window of whole input rows one
+    contiguous arg-max (max_pool_whole_rows), one output row per item with max_pool_row
+    for the rest."""
     cdef PoolGeom g = make_geom(spec)
     cdef Py_ssize_t item, p, i, j, v_lo, v_hi, w0, band, n_bands
     cdef Py_ssize_t[::1] first_col
@@ -679,7 +681,8 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
     cdef Py_ssize_t run = max(1, STAGE_OUTPUTS // max(g.W_out, 1))   # rows per staged run
     if g.P == 0 or g.H_out == 0 or g.W_out == 0:
         return
-    if g.W_out == 1 and g.pad_w == 0 and g.KW >= g.W and g.dilation_h == 1 and g.dilation_w == 1:
+    if (g.W_out == 1 and g.pad_w == 0 and g.KW >= g.W and g.dilation_h == 1
+            and g.dilation_w == 1):   # (functional._pool_work: the same shapes)
         # whole rows (global pooling; measured, AMD EPYC, AVX2, 1 thread, float32 |
         # float64, against max_pool_row's sweeps: 32x512x7x7 8.8x | 6.8x faster,
         # 8x256x14x14 12.9x | 9.9x, 8x64x3x3 3.4x | 3.4x)
