@@ -841,6 +841,111 @@ cdef void sum_thread_rows(const floating* acc, Py_ssize_t n_rows, const unsigned
                             out[r] = out[r] + row[r * step]
 
 
+cdef void backward_tile(const floating* grad_out, const floating* x, const floating* weight,
+                        floating* grad_x, floating* gw_acc, floating* work, const Geom* p,
+                        Py_ssize_t nb, Py_ssize_t rows_per_tile, Py_ssize_t item, Py_ssize_t t,
+                        bint gw_transposed, bint wide) noexcept nogil:
+    """Work item ``item`` (sample block, group; see backward_gemm), row tile t: its share of
+    grad_weight added into ``gw_acc`` (one thread's grad_weight) and its grad_col added into
+    grad_x (the input rows of the tile's receptive fields).  Arrays C-contiguous NCHW
+    (weight: C_out x K); ``work``: the thread's col, grad_col and grad_y tile."""
+    cdef Py_ssize_t Wp = wide_width(p)
+    cdef Py_ssize_t width = Wp if wide else p.W_out
+    cdef Py_ssize_t tile_size = p.K * nb * rows_per_tile * width
+    cdef Py_ssize_t gy_size = p.C_out_g * nb * rows_per_tile * width
+    cdef Py_ssize_t HW = p.H * p.W
+    cdef Py_ssize_t g = item % p.groups
+    cdef Py_ssize_t n0 = (item // p.groups) * nb
+    cdef Py_ssize_t n1 = min(n0 + nb, p.N)
+    cdef Py_ssize_t oh0 = t * rows_per_tile
+    cdef Py_ssize_t oh1 = min(oh0 + rows_per_tile, p.H_out)
+    cdef Py_ssize_t s, o, L_tile, ld
+    cdef floating* col = work
+    cdef floating* gcol = col + tile_size
+    cdef floating* gy_t = gcol + tile_size
+    cdef floating* gw = gw_acc + g * p.C_out_g * p.K
+    cdef const floating* w_g = weight + g * p.C_out_g * p.K
+    cdef const floating* x_mat
+    cdef const floating* gy
+    cdef int ld_x, ld_gy
+    if wide:
+        L_tile = (oh1 - oh0 - 1) * Wp + p.W_out
+        ld = (n1 - n0) * L_tile
+        for s in range(n1 - n0):
+            gather_grad_y_wide(grad_out + ((n0 + s) * p.C_out + g * p.C_out_g) * p.L,
+                               gy_t + s * L_tile, ld, p, oh0, oh1)
+            im2col_wide_tile(x + ((n0 + s) * p.C_in + g * p.C_in_g) * HW, col + s * L_tile, ld,
+                             p, oh0, oh1, gy_t + gy_size)
+            zero_wide_gaps(col + s * L_tile, ld, p.K, p, oh1 - oh0)
+        grad_weight_gemm(gy_t, <int> ld, col, <int> ld, ld, gw, p, gw_transposed)
+        gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
+             1, gy_t, <int> ld, w_g, <int> p.K, 0, gcol, <int> ld)
+        for s in range(n1 - n0):
+            col2im_wide_tile(gcol + s * L_tile, ld,
+                             grad_x + ((n0 + s) * p.C_in + g * p.C_in_g) * HW, p, oh0, oh1,
+                             gy_t + gy_size)
+        return
+    L_tile = (oh1 - oh0) * p.W_out
+    ld = (n1 - n0) * L_tile
+    if n1 - n0 == 1:
+        gy = grad_out + (n0 * p.C_out + g * p.C_out_g) * p.L + oh0 * p.W_out
+        ld_gy = <int> p.L
+    else:  # gather the samples' grad_y side by side, like their columns
+        for s in range(n1 - n0):
+            for o in range(p.C_out_g):
+                memcpy(gy_t + o * ld + s * p.L,
+                       grad_out + ((n0 + s) * p.C_out + g * p.C_out_g + o) * p.L,
+                       p.L * sizeof(floating))
+        gy = gy_t
+        ld_gy = <int> ld
+    if is_pointwise(p):  # nb == 1 here
+        x_mat = x + (n0 * p.C_in + g * p.C_in_g) * HW + oh0 * p.W_out
+        ld_x = <int> p.L
+    else:
+        for s in range(n1 - n0):
+            im2col_tile(x + ((n0 + s) * p.C_in + g * p.C_in_g) * HW, col + s * L_tile, ld,
+                        p, oh0, oh1)
+        x_mat = col
+        ld_x = <int> ld
+    grad_weight_gemm(gy, ld_gy, x_mat, ld_x, ld, gw, p, gw_transposed)
+    # grad_col (K x ld) = w_g^T (K x C_out_g) @ grad_y
+    if is_pointwise(p):
+        gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
+             1, gy, ld_gy, w_g, <int> p.K,
+             0, grad_x + (n0 * p.C_in + g * p.C_in_g) * HW + oh0 * p.W_out, <int> p.L)
+    else:
+        gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
+             1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
+        for s in range(n1 - n0):
+            col2im_tile(gcol + s * L_tile, ld, grad_x + ((n0 + s) * p.C_in + g * p.C_in_g) * HW,
+                        p, oh0, oh1)
+
+
+cdef enum:
+    # backward_gemm: a sample's row tiles go in (at most about) this many chunks, in two
+    # phases (even chunks, then odd), so that up to TILE_CHUNKS // 2 threads share them
+    TILE_CHUNKS = 8
+
+
+cdef Py_ssize_t tile_chunk(const Geom* p, Py_ssize_t rows_per_tile, Py_ssize_t n_tiles) noexcept nogil:
+    """Row tiles per chunk for backward_gemm: about n_tiles / TILE_CHUNKS, and enough that
+    chunks k and k + 2 of a sample never touch the same input row.  Chunk k of R output
+    rows reads the input rows k*R*S - P to ((k+1)*R - 1)*S - P + D*(KH-1); chunk k + 2
+    starts at (k+2)*R*S - P: apart when D*(KH-1) < (R + 1)*S."""
+    cdef Py_ssize_t c = max(1, (n_tiles + TILE_CHUNKS - 1) // TILE_CHUNKS)
+    while (c * rows_per_tile + 1) * p.stride_h <= p.dilation_h * (p.KH - 1):
+        c += 1
+    return c
+
+
+def backward_tile_chunk(spec, Py_ssize_t rows_per_tile):
+    """(tiles per chunk, chunks per sample) of backward_gemm for ``spec``."""
+    cdef Geom p = make_geom(spec)
+    cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
+    cdef Py_ssize_t c = tile_chunk(&p, rows_per_tile, n_tiles)
+    return c, (n_tiles + c - 1) // c
+
+
 def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
                   const floating[:, :, :, ::1] weight,
                   floating[:, :, :, ::1] grad_x,  # OUT, zero-filled by the caller
@@ -849,12 +954,17 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
                   floating[:, ::1] work,          # scratch per thread: col, grad_col, grad_y tile
                                                   # (functional._gemm_plan)
                   spec, Py_ssize_t samples_per_tile, Py_ssize_t rows_per_tile, int n_threads,
-                  bint gw_transposed=True, bint wide=False):
+                  bint gw_transposed=True, bint wide=False, bint share_tiles=False):
     """grad_x and per-thread partial grad_weight of conv2d; one (sample block, group) per item.
 
-    Row tiles of one sample overlap in grad_x (neighbouring receptive fields),
-    so a work item owns whole samples and walks their row tiles in order;
-    each thread zeroes its own row of ``grad_w_acc`` and accumulates grad_weight in it;
+    Row tiles of one sample overlap in grad_x (neighbouring receptive fields).  Each
+    item walks its row tiles in chunks of consecutive tiles (tile_chunk), the even chunks
+    first, then the odd ones; two even (or two odd) chunks never add into the same rows
+    of grad_x, so with ``share_tiles`` (fewer items than threads: a batch-1 call) the
+    threads share the even chunks of every item at once, and then the odd ones.  Either
+    way each value of grad_x takes its tiles' terms in the same order, so grad_x has the
+    same bits at every thread count.
+    Each thread zeroes its own row of ``grad_w_acc`` and accumulates grad_weight in it;
     the rows are then summed into ``grad_w`` (in thread order: run-to-run deterministic),
     by all the threads, each over a block of its rows.
 
@@ -873,22 +983,11 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     cdef Py_ssize_t n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
     cdef Py_ssize_t n_blocks = (p.N + nb - 1) // nb
     cdef Py_ssize_t n_items = n_blocks * p.groups
-    cdef Py_ssize_t Wp = wide_width(&p)
-    cdef Py_ssize_t width = Wp if wide else p.W_out
-    cdef Py_ssize_t tile_size = p.K * nb * rows_per_tile * width
-    cdef bint pointwise = is_pointwise(&p)
-    cdef Py_ssize_t item, n0, n1, s, g, t, oh0, oh1, L_tile, ld, o
-    cdef floating* col
-    cdef floating* gcol
-    cdef floating* gy_t
-    cdef floating* gw
-    cdef const floating* x_mat
-    cdef const floating* gy
-    cdef const floating* w_g
-    cdef int ld_x, ld_gy
-    cdef Py_ssize_t gy_size = p.C_out_g * nb * rows_per_tile * width
+    cdef Py_ssize_t c = tile_chunk(&p, rows_per_tile, n_tiles)
+    cdef Py_ssize_t n_chunks = (n_tiles + c - 1) // c
+    cdef Py_ssize_t per_phase = (n_chunks + 1) // 2
     cdef Py_ssize_t w_size = p.C_out * p.K
-    cdef Py_ssize_t tid, blk, n_rows = grad_w_acc.shape[0]
+    cdef Py_ssize_t item, t, j, k, phase, tid, blk, n_rows = grad_w_acc.shape[0]
     # which rows of grad_w_acc a thread zeroed and summed into (OpenMP may run fewer threads)
     cdef unsigned char[::1] used = bytearray(max(n_rows, 1))
     if n_items == 0:
@@ -901,72 +1000,24 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
         tid = threadid()
         used[tid] = 1
         memset(&grad_w_acc[tid, 0], 0, w_size * sizeof(floating))
-        for item in prange(n_items, schedule="static"):
-            col = &work[threadid(), 0]
-            gcol = col + tile_size
-            gy_t = gcol + tile_size
-            g = item % p.groups
-            n0 = (item // p.groups) * nb
-            n1 = min(n0 + nb, p.N)
-            gw = &grad_w_acc[threadid(), 0] + g * p.C_out_g * p.K
-            w_g = &weight[g * p.C_out_g, 0, 0, 0]
-            for t in range(n_tiles):
-                oh0 = t * rows_per_tile
-                oh1 = min(oh0 + rows_per_tile, p.H_out)
-                if wide:
-                    L_tile = (oh1 - oh0 - 1) * Wp + p.W_out
-                    ld = (n1 - n0) * L_tile
-                    for s in range(n1 - n0):
-                        gather_grad_y_wide(&grad_out[n0 + s, g * p.C_out_g, 0, 0],
-                                           gy_t + s * L_tile, ld, &p, oh0, oh1)
-                        im2col_wide_tile(&x[n0 + s, g * p.C_in_g, 0, 0], col + s * L_tile, ld,
-                                         &p, oh0, oh1, gy_t + gy_size)
-                        zero_wide_gaps(col + s * L_tile, ld, p.K, &p, oh1 - oh0)
-                    gy = gy_t
-                    ld_gy = <int> ld
-                    x_mat = col
-                    ld_x = <int> ld
-                    grad_weight_gemm(gy, ld_gy, x_mat, ld_x, ld, gw, &p, gw_transposed)
-                    gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
-                         1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
-                    for s in range(n1 - n0):
-                        col2im_wide_tile(gcol + s * L_tile, ld,
-                                         &grad_x[n0 + s, g * p.C_in_g, 0, 0], &p, oh0, oh1,
-                                         gy_t + gy_size)
-                    continue
-                L_tile = (oh1 - oh0) * p.W_out
-                ld = (n1 - n0) * L_tile
-                if n1 - n0 == 1:
-                    gy = &grad_out[n0, g * p.C_out_g, 0, 0] + oh0 * p.W_out
-                    ld_gy = <int> p.L
-                else:  # gather the samples' grad_y side by side, like their columns
-                    for s in range(n1 - n0):
-                        for o in range(p.C_out_g):
-                            memcpy(gy_t + o * ld + s * p.L, &grad_out[n0 + s, g * p.C_out_g + o, 0, 0],
-                                   p.L * sizeof(floating))
-                    gy = gy_t
-                    ld_gy = <int> ld
-                if pointwise:  # nb == 1 here
-                    x_mat = &x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out
-                    ld_x = <int> p.L
-                else:
-                    for s in range(n1 - n0):
-                        im2col_tile(&x[n0 + s, g * p.C_in_g, 0, 0], col + s * L_tile, ld,
-                                    &p, oh0, oh1)
-                    x_mat = col
-                    ld_x = <int> ld
-                grad_weight_gemm(gy, ld_gy, x_mat, ld_x, ld, gw, &p, gw_transposed)
-                # grad_col (K x ld) = w_g^T (K x C_out_g) @ grad_y
-                if pointwise:
-                    gemm(c"N", c"T", <int> L_tile, <int> p.K, <int> p.C_out_g,
-                         1, gy, ld_gy, w_g, <int> p.K,
-                         0, &grad_x[n0, g * p.C_in_g, 0, 0] + oh0 * p.W_out, <int> p.L)
-                else:
-                    gemm(c"N", c"T", <int> ld, <int> p.K, <int> p.C_out_g,
-                         1, gy, ld_gy, w_g, <int> p.K, 0, gcol, <int> ld)
-                    for s in range(n1 - n0):
-                        col2im_tile(gcol + s * L_tile, ld, &grad_x[n0 + s, g * p.C_in_g, 0, 0],
-                                    &p, oh0, oh1)
+        if share_tiles:
+            for phase in range(2):   # (each prange ends with a barrier)
+                for j in prange(n_items * per_phase, schedule="static"):
+                    k = phase + 2 * (j % per_phase)
+                    for t in range(k * c, min(k * c + c, n_tiles)):
+                        backward_tile(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                                      &grad_x[0, 0, 0, 0], &grad_w_acc[threadid(), 0],
+                                      &work[threadid(), 0], &p, nb, rows_per_tile,
+                                      j // per_phase, t, gw_transposed, wide)
+        else:
+            for item in prange(n_items, schedule="static"):
+                for j in range(2 * per_phase):
+                    k = 2 * j if j < per_phase else 2 * (j - per_phase) + 1
+                    for t in range(k * c, min(k * c + c, n_tiles)):
+                        backward_tile(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                                      &grad_x[0, 0, 0, 0], &grad_w_acc[threadid(), 0],
+                                      &work[threadid(), 0], &p, nb, rows_per_tile, item, t,
+                                      gw_transposed, wide)
     for blk in prange((p.C_out + 31) // 32, nogil=True, schedule="static", num_threads=n_threads):
         sum_thread_rows(&grad_w_acc[0, 0], n_rows, &used[0], &grad_w[0, 0], &p, gw_transposed,
                         blk * 32, min(blk * 32 + 32, p.C_out))

@@ -724,7 +724,15 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         else:
             wide = _gemm_wide_backward(spec, weight)
             samples, rows, ws = _gemm_plan(spec, backward=True, wide=wide)
-            n_threads = _threads_for(work, -(-spec.N // samples) * spec.groups)
+            items = -(-spec.N // samples) * spec.groups
+            n_threads = _threads_for(work, items)
+            share_tiles = False
+            if n_threads < get_num_threads():
+                # fewer (sample, group) items than threads (batch 1): the threads share the
+                # chunks of row tiles, the even ones, then the odd ones (_conv.backward_gemm)
+                n_chunks = _conv.backward_tile_chunk(spec, rows)[1]
+                n_threads = _threads_for(work, items * -(-n_chunks // 2))
+                share_tiles = n_threads > 1
             scratch = np.empty((n_threads, ws), dtype=x.dtype)
             acc = np.empty((n_threads, weight.size), dtype=x.dtype)
             grad_w = np.empty(weight.shape, dtype=x.dtype)
@@ -734,7 +742,8 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             with _blas_threads(_gemm_blas_threads(n_threads, work, call_work)):
                 _conv.backward_gemm(grad_out, x, weight, grad_x,
                                     grad_w.reshape(spec.C_out, -1), acc, scratch, spec, samples,
-                                    rows, n_threads, _gemm_gw_transposed(spec), wide)
+                                    rows, n_threads, _gemm_gw_transposed(spec), wide,
+                                    share_tiles)
     return (_finish(grad_x, result, spec.batched), _finish(grad_w, result),
             _finish(grad_b, result))
 

@@ -236,6 +236,65 @@ def test_conv_medium_threads_1_and_2_vs_reference(case, dtype):
                 assert_close(r, e, err_msg=f"{name} {algorithm} threads={n}: ")
 
 
+# One sample, several row tiles: the GEMM backward's threads share the tiles phase by phase
+# (tiles t and t + phases never add into the same rows of grad_x).
+BATCH1_CONV = [
+    dict(x=(1, 3, 30, 17), w=(5, 3, 7, 7), kwargs=dict(stride=2, padding=3)),
+    dict(x=(1, 4, 23, 19), w=(6, 4, 3, 3), kwargs=dict(padding=1)),            # wide layout
+    dict(x=(1, 2, 29, 11), w=(3, 2, 5, 3), kwargs=dict(dilation=(3, 1), padding=(4, 1))),
+    dict(x=(1, 3, 26, 9), w=(4, 3, 2, 2), kwargs=dict(stride=(3, 2))),         # no overlap
+    dict(x=(1, 5, 12, 10), w=(7, 5, 1, 1), kwargs=dict()),                     # pointwise
+]
+
+
+@pytest.mark.parametrize("case", BATCH1_CONV, ids=["k7s2", "k3wide", "dilated", "s3", "1x1"])
+@pytest.mark.parametrize("tile_rows", [1, 2, 3])
+def test_conv_backward_gemm_batch1_tiles_shared_by_threads(case, tile_rows, monkeypatch):
+    rng = np.random.default_rng(11)
+    x, w = H.normal(rng, case["x"], np.float64), H.normal(rng, case["w"], np.float64)
+    g = H.normal(rng, R.conv2d(x, w, None, **case["kwargs"]).shape, np.float64)
+    grads_ref = R.conv2d_backward(g, x, w, **case["kwargs"])
+    # tiles of tile_rows output rows (TILE_ELEMENTS // K columns), so that there are several
+    W_out = g.shape[3]
+    monkeypatch.setattr(Fn, "TILE_MIN_COLUMNS", 1)
+    monkeypatch.setattr(Fn, "TILE_ELEMENTS", tile_rows * W_out * w[0].size)
+    seen = []
+    real = Fn._conv.backward_gemm
+    monkeypatch.setattr(Fn._conv, "backward_gemm", lambda *a: seen.append(a[-1]) or real(*a))
+    got = []
+    for n in THREADS:
+        with num_threads(n):
+            got.append(Fn.conv2d_backward(g, x, w, algorithm="gemm", **case["kwargs"]))
+        for name, r, e in zip(("grad_x", "grad_w", "grad_b"), got[-1], grads_ref):
+            assert_close(r, e, err_msg=f"{name} threads={n}: ")
+    assert seen == [False, True]   # 2 threads shared the tiles
+    assert_same(got[1][0], got[0][0], "grad_x, 2 threads vs 1")   # the same adds, in order
+
+
+@pytest.mark.parametrize("kh,stride,dilation", [(7, 2, 1), (3, 1, 1), (5, 1, 3), (2, 3, 1),
+                                                (1, 1, 1), (11, 1, 2)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8])
+@pytest.mark.parametrize("H", [9, 60, 200])
+def test_backward_tile_chunks_never_overlap(kh, stride, dilation, rows, H):
+    """Chunks k and k + 2 of row tiles touch disjoint input rows (so two threads can add
+    them at once); one tile fewer per chunk would not (unless it is about n_tiles / 8),
+    brute force over the receptive fields."""
+    x = np.zeros((1, 1, H + dilation * (kh - 1), 4))
+    w = np.zeros((1, 1, kh, 1))
+    spec = cnnx._shapes.prepare_conv2d(x, w, None, (stride, 1), 0, (dilation, 1), 1)[3]
+    c, n_chunks = Fn._conv.backward_tile_chunk(spec, rows)
+    n_tiles = -(-spec.H_out // rows)
+    assert n_chunks == -(-n_tiles // c) and n_chunks <= 8 or c * rows * stride <= kh * dilation
+
+    def rows_of(tiles, k):   # input rows that chunk k (of ``tiles`` tiles) reads
+        return {i * stride + u * dilation for i in range(k * tiles * rows, (k + 1) * tiles * rows)
+                for u in range(kh)}
+
+    assert not rows_of(c, 0) & rows_of(c, 2)
+    if c > -(-n_tiles // 8):
+        assert rows_of(c - 1, 0) & rows_of(c - 1, 2)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pool_and_relu_medium_threads_1_and_2_vs_reference(dtype):
     rng = np.random.default_rng(8)
