@@ -921,6 +921,18 @@ cdef void backward_tile(const floating* grad_out, const floating* x, const float
                         p, oh0, oh1)
 
 
+
+cdef void backward_chunk(const floating* grad_out, const floating* x, const floating* weight,
+                         floating* grad_x, floating* gw_acc, floating* work, const Geom* p,
+                         Py_ssize_t nb, Py_ssize_t rows_per_tile, Py_ssize_t item, Py_ssize_t k,
+                         Py_ssize_t c, bint gw_transposed, bint wide) noexcept nogil:
+    """backward_tile for the row tiles of chunk k (c tiles) of ``item``, in order (none
+    when the chunk lies past the last tile)."""
+    cdef Py_ssize_t t, n_tiles = (p.H_out + rows_per_tile - 1) // rows_per_tile
+    for t in range(k * c, min(k * c + c, n_tiles)):
+        backward_tile(grad_out, x, weight, grad_x, gw_acc, work, p, nb, rows_per_tile, item, t,
+                      gw_transposed, wide)
+
 cdef enum:
     # backward_gemm: a sample's row tiles go in (at most about) this many chunks, in two
     # phases (even chunks, then odd), so that up to TILE_CHUNKS // 2 threads share them
@@ -987,7 +999,7 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
     cdef Py_ssize_t n_chunks = (n_tiles + c - 1) // c
     cdef Py_ssize_t per_phase = (n_chunks + 1) // 2
     cdef Py_ssize_t w_size = p.C_out * p.K
-    cdef Py_ssize_t item, t, j, k, phase, tid, blk, n_rows = grad_w_acc.shape[0]
+    cdef Py_ssize_t item, j, k, phase, odd, tid, blk, n_rows = grad_w_acc.shape[0]
     # which rows of grad_w_acc a thread zeroed and summed into (OpenMP may run fewer threads)
     cdef unsigned char[::1] used = bytearray(max(n_rows, 1))
     if n_items == 0:
@@ -1003,21 +1015,18 @@ def backward_gemm(const floating[:, :, :, ::1] grad_out, const floating[:, :, :,
         if share_tiles:
             for phase in range(2):   # (each prange ends with a barrier)
                 for j in prange(n_items * per_phase, schedule="static"):
-                    k = phase + 2 * (j % per_phase)
-                    for t in range(k * c, min(k * c + c, n_tiles)):
-                        backward_tile(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &weight[0, 0, 0, 0],
-                                      &grad_x[0, 0, 0, 0], &grad_w_acc[threadid(), 0],
-                                      &work[threadid(), 0], &p, nb, rows_per_tile,
-                                      j // per_phase, t, gw_transposed, wide)
+                    backward_chunk(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                                   &grad_x[0, 0, 0, 0], &grad_w_acc[threadid(), 0],
+                                   &work[threadid(), 0], &p, nb, rows_per_tile, j // per_phase,
+                                   phase + 2 * (j % per_phase), c, gw_transposed, wide)
         else:
             for item in prange(n_items, schedule="static"):
-                for j in range(2 * per_phase):
-                    k = 2 * j if j < per_phase else 2 * (j - per_phase) + 1
-                    for t in range(k * c, min(k * c + c, n_tiles)):
-                        backward_tile(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &weight[0, 0, 0, 0],
-                                      &grad_x[0, 0, 0, 0], &grad_w_acc[threadid(), 0],
-                                      &work[threadid(), 0], &p, nb, rows_per_tile, item, t,
-                                      gw_transposed, wide)
+                for odd in range(2):
+                    for k in range(odd, n_chunks, 2):
+                        backward_chunk(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                                       &grad_x[0, 0, 0, 0], &grad_w_acc[threadid(), 0],
+                                       &work[threadid(), 0], &p, nb, rows_per_tile, item, k, c,
+                                       gw_transposed, wide)
     for blk in prange((p.C_out + 31) // 32, nogil=True, schedule="static", num_threads=n_threads):
         sum_thread_rows(&grad_w_acc[0, 0], n_rows, &used[0], &grad_w[0, 0], &p, gw_transposed,
                         blk * 32, min(blk * 32 + 32, p.C_out))

@@ -236,8 +236,8 @@ def test_conv_medium_threads_1_and_2_vs_reference(case, dtype):
                 assert_close(r, e, err_msg=f"{name} {algorithm} threads={n}: ")
 
 
-# One sample, several row tiles: the GEMM backward's threads share the tiles phase by phase
-# (tiles t and t + phases never add into the same rows of grad_x).
+# One sample, several row tiles: the GEMM backward's threads share its chunks of row tiles,
+# the even ones, then the odd ones (chunks k and k + 2 never add into the same rows of grad_x).
 BATCH1_CONV = [
     dict(x=(1, 3, 30, 17), w=(5, 3, 7, 7), kwargs=dict(stride=2, padding=3)),
     dict(x=(1, 4, 23, 19), w=(6, 4, 3, 3), kwargs=dict(padding=1)),            # wide layout
