@@ -601,6 +601,20 @@ def test_max_pool_2x2_staged_rows_vs_reference(shape, stride, dtype):
     max_pool_as_reference(x, 2, stride)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 3, 6, 24), (1, 2, 4, 32), (1, 1, 2, 9)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_2x2_rows_every_tie_and_nan_pattern(shape, dtype):
+    """Rows of 4, 12 and 16 outputs (the four-lane steps of _max2x2.h) and a row of 4 with
+    a column left over, every window drawn from six values (NaN, -inf, -1, -0.0, 0.0, 1):
+    ties, -0.0 against 0.0 and several NaNs in one window in each lane, at 1 and 2 threads;
+    values, signs and indices as the reference."""
+    rng = np.random.default_rng(71)
+    values = np.array([np.nan, -np.inf, -1.0, -0.0, 0.0, 1.0], dtype=dtype)
+    x = values[rng.integers(0, len(values), size=(40,) + shape[1:])]
+    (y_ref, _), (y, _) = max_pool_as_reference(x, 2)
+    assert_array_equal(np.signbit(y), np.signbit(y_ref))
+
+
 @pytest.mark.parametrize("shape, kwargs", [
     ((4, 64, 7, 7), dict(kernel_size=7)),                      # global: runs of 49
     ((2, 3, 2, 2), dict(kernel_size=2)),                       # runs of 4 (< one vector)
