@@ -79,25 +79,35 @@ WIDE_MAX_C_OUT = 16
 # Below this much work a call runs on one thread: waking a sleeping OpenMP worker costs
 # ~10-30 us (~100 us on some VMs), so only calls worth ~100 us or more go parallel.  Work
 # is counted in elements (relu); a conv multiply-add (run by BLAS) counts 1/16, a pooling
-# window tap 1/8: pooling is memory-bound, and a second thread paid only from about 2**21
-# taps (AMD EPYC VM, float32, 1 vs 2 threads: 2x2 max pooling of 1x256x64x64, 2**20 taps,
+# window tap 1/8 (1/4 in windows of more than 4 taps, _pool_work): pooling is memory-bound,
+# and a second thread paid only from about 2**21 taps of 2x2 windows (AMD EPYC VM,
+# float32, 1 vs 2 threads: 2x2 max pooling of 1x256x64x64, 2**20 taps,
 # 0.41 vs 0.47 ms forward, 0.32 vs 0.41 backward; 64x32x32x32, 2**21 taps, 0.95 vs 0.62
 # and 0.61 vs 0.43; 3x3/1/1 average of 1x64x64x64, 2**21 taps, 1.69 vs 1.35).
 _PARALLEL_MIN_WORK = 1 << 18
 _CONV_WORK_SCALE = 16
 _POOL_WORK_SCALE = 8
+_POOL_BIG_WINDOW_SCALE = 4
 
 
 def _pool_work(spec, n_out):
     """Work units of a pooling forward with ``n_out`` outputs: its window taps, over
-    _POOL_WORK_SCALE -- except windows of whole input rows (global pooling: one contiguous
-    run per window, _argmax.h / run_sum), where a second thread pays from ~2**18 taps
-    (measured, AMD EPYC, 1 vs 2 threads: max 16x512x7x7 0.32 vs 0.23 ms, 8x256x14x14 0.15
-    vs 0.11, average 16x512x7x7 0.12 vs 0.09; the banded kernels stop gaining below 2**21)."""
+    _POOL_WORK_SCALE for windows of up to 4 taps and over _POOL_BIG_WINDOW_SCALE for bigger
+    ones (their kernels spend more time per tap: 3x3/2/1 max of 1x64x112x112, 2**20.8
+    taps, 1.5-1.6x faster forward on 2 threads, average 1.5x) -- except windows of whole
+    input rows (global pooling: one contiguous run per window, _argmax.h / run_sum), where
+    a second thread pays from ~2**18 taps (measured, AMD EPYC, 1 vs 2 threads: max
+    16x512x7x7 0.32 vs 0.23 ms, 8x256x14x14 0.15 vs 0.11, average 16x512x7x7 0.12 vs
+    0.09)."""
     taps = n_out * spec.KH * spec.KW
     if spec.W_out == 1 and spec.pad_w == 0 and spec.KW >= spec.W and spec.dilation_w == 1:
         return taps
-    return taps // _POOL_WORK_SCALE
+    return taps // _pool_tap_scale(spec)
+
+
+def _pool_tap_scale(spec):
+    """Taps per work unit of a pooling kernel's windows (_pool_work)."""
+    return _POOL_WORK_SCALE if spec.KH * spec.KW <= 4 else _POOL_BIG_WINDOW_SCALE
 
 
 def _threads_for(work, items):
@@ -839,7 +849,7 @@ def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_
     P = spec.N * spec.C
     grad_x = np.empty(spec.in_shape, dtype=grad_out.dtype)   # the kernel zeroes each plane
     if P:
-        n_threads = _threads_for(grad_out.size * spec.KH * spec.KW // _POOL_WORK_SCALE, P)
+        n_threads = _threads_for(grad_out.size * spec.KH * spec.KW // _pool_tap_scale(spec), P)
         _pool.avg_pool_backward(grad_out.reshape(P, spec.H_out, spec.W_out),
                                 grad_x.reshape(P, spec.H, spec.W), spec, count_pad, divisor,
                                 n_threads)

@@ -747,20 +747,25 @@ def test_avg_pool_tiled_2x2_vs_reference(shape, kwargs, dtype):
 
 
 def test_pool_work_rule():
-    """Pooling's work estimate: window taps over _POOL_WORK_SCALE, but whole-row windows
-    (global pooling) count every tap, so a batch of 7x7 global poolings gets the second
-    thread from 2**18 taps where banded 3x3 windows need 2**21."""
+    """Pooling's work estimate: window taps over _POOL_WORK_SCALE for windows of up to 4
+    taps, over _POOL_BIG_WINDOW_SCALE for bigger ones, but whole-row windows (global
+    pooling) count every tap: a batch of 7x7 global poolings gets the second thread from
+    2**18 taps, banded 3x3 windows from 2**20, 2x2 windows from 2**21."""
     from cnnx._shapes import prepare_max_pool2d
     previous = cnnx.set_num_threads(2)
     try:
-        _, glob, _ = prepare_max_pool2d(np.zeros((16, 512, 7, 7), np.float32), 7, None, 0, 1,
-                                        False)
-        _, banded, _ = prepare_max_pool2d(np.zeros((16, 512, 7, 7), np.float32), 3, 2, 1, 1,
-                                          False)
+        x = np.zeros((16, 512, 7, 7), np.float32)
+        _, glob, _ = prepare_max_pool2d(x, 7, None, 0, 1, False)
+        _, banded, _ = prepare_max_pool2d(x, 3, 2, 1, 1, False)
+        _, two, _ = prepare_max_pool2d(x, 2, 2, 0, 1, False)
         assert Fn._pool_work(glob, 16 * 512) == 16 * 512 * 49
-        assert Fn._pool_work(banded, 16 * 512 * 16) == 16 * 512 * 16 * 9 // Fn._POOL_WORK_SCALE
+        assert (Fn._pool_work(banded, 16 * 512 * 16)
+                == 16 * 512 * 16 * 9 // Fn._POOL_BIG_WINDOW_SCALE)
+        assert Fn._pool_work(two, 16 * 512 * 9) == 16 * 512 * 9 * 4 // Fn._POOL_WORK_SCALE
         assert Fn._threads_for(Fn._pool_work(glob, 16 * 512), 16 * 512) == 2
-        assert Fn._threads_for(Fn._pool_work(banded, 16 * 512 * 16), 16 * 512 * 4) == 1
+        assert Fn._threads_for(Fn._pool_work(banded, 16 * 512 * 16), 16 * 512 * 4) == 2
+        assert Fn._threads_for(Fn._pool_work(banded, 4 * 512 * 16), 4 * 512 * 4) == 1
+        assert Fn._threads_for(Fn._pool_work(two, 16 * 512 * 9), 16 * 512 * 3) == 1
     finally:
         cnnx.set_num_threads(previous)
 
