@@ -133,21 +133,22 @@ static inline int64_t NAME##_run(const T* a, int64_t n) {                       
 #endif
 
 #if defined(__AVX__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
-/* Eight runs at once (global pooling of many small planes): each run's eight lanes as in
- * NAME##_run (run k % 8 in lane k), then the 64 lanes meet in three rounds of shuffles
- * that halve the vectors, two runs' lanes side by side in each -- 7 meetings for the 8
- * runs instead of 3 each (the order is total: any order of meetings ends with the
- * greatest pair).  The vectors are 8 floats, one AVX register.  Runs of
- * 8 <= n < 2**28 elements.  Measured (AMD EPYC, AVX2, 1 thread, float32 forward, against
- * plane by plane): 32x512x7x7 2.6x faster, 64x512x4x4 3.4x, 8x256x14x14 1.5x. */
-#  define CNNX_ARGMAX8(NAME, T, I)                                                    \
-typedef T NAME##_v8 __attribute__((vector_size(8 * sizeof(T))));                     \
-typedef I NAME##_i8 __attribute__((vector_size(8 * sizeof(T))));                     \
+/* Several runs at once (global pooling of many small planes), L runs of vectors of L
+ * elements (one AVX register: 8 floats, 4 doubles): each run's L lanes as in NAME##_run
+ * (element k in lane k % L), then the L*L lanes meet in rounds of shuffles that halve
+ * the vectors, two runs' lanes side by side in each -- L-1 meetings for the L runs
+ * instead of log2(L) each (the order is total: any order of meetings ends with the
+ * greatest pair).  Runs of L <= n < 2**28 elements.  Measured (AMD EPYC, AVX2, 1 thread,
+ * float32 forward, against plane by plane): 32x512x7x7 2.6x faster, 64x512x4x4 3.4x,
+ * 8x256x14x14 1.5x. */
+#  define CNNX_ARGMAX_LANES(NAME, T, I, L, STEP, POS)                                 \
+typedef T NAME##_v##L __attribute__((vector_size(L * sizeof(T))));                   \
+typedef I NAME##_i##L __attribute__((vector_size(L * sizeof(T))));                   \
                                                                                       \
 /* the lanes where ``take`` is set become (v, pos) */                                 \
-static inline void NAME##_take8(NAME##_v8* best, NAME##_i8* code, NAME##_v8 v,        \
-                                NAME##_i8 pos, NAME##_i8 take) {                      \
-    NAME##_i8 b, x;                                                                   \
+static inline void NAME##_take##L(NAME##_v##L* best, NAME##_i##L* code,               \
+                                  NAME##_v##L v, NAME##_i##L pos, NAME##_i##L take) { \
+    NAME##_i##L b, x;                                                                 \
     memcpy(&b, best, sizeof b);                                                       \
     memcpy(&x, &v, sizeof x);                                                         \
     b = (x & take) | (b & ~take);                                                     \
@@ -156,35 +157,46 @@ static inline void NAME##_take8(NAME##_v8* best, NAME##_i8* code, NAME##_v8 v,  
 }                                                                                     \
                                                                                       \
 /* the lanes where (b2, c2) beats (*best, *code) become (b2, c2) */                   \
-static inline void NAME##_meet(NAME##_v8* best, NAME##_i8* code, NAME##_v8 b2,       \
-                               NAME##_i8 c2) {                                        \
-    NAME##_take8(best, code, b2, c2, CNNX_BEATS(*best, *code, b2, c2));               \
+static inline void NAME##_meet##L(NAME##_v##L* best, NAME##_i##L* code,               \
+                                  NAME##_v##L b2, NAME##_i##L c2) {                   \
+    NAME##_take##L(best, code, b2, c2, CNNX_BEATS(*best, *code, b2, c2));             \
 }                                                                                     \
                                                                                       \
-/* lane q: the winner of the run's elements k = q (mod 8), as NAME##_run's lanes (in     \
-   locals: through the pointers gcc keeps them in memory, as the floats may alias) */   \
-static inline void NAME##_lanes8(const T* a, int64_t n, NAME##_v8* best_out,         \
-                                 NAME##_i8* code_out) {                               \
-    const NAME##_i8 step = {8, 8, 8, 8, 8, 8, 8, 8};                                  \
-    NAME##_i8 pos = {0, 1, 2, 3, 4, 5, 6, 7}, code = pos;                             \
-    NAME##_v8 v, best;                                                                \
+/* lane q: the winner of the run's elements k = q (mod L), as NAME##_run's lanes (in  \
+   locals: through the pointers gcc keeps them in memory, as the elements may alias) */ \
+static inline void NAME##_lanes##L(const T* a, int64_t n, NAME##_v##L* best_out,     \
+                                   NAME##_i##L* code_out) {                           \
+    const NAME##_i##L step = STEP;                                                    \
+    NAME##_i##L pos = POS, code = pos;                                                \
+    NAME##_v##L v, best;                                                              \
     int64_t k;                                                                        \
     memcpy(&best, a, sizeof best);                                                    \
-    for (k = 8; k + 8 <= n; k += 8) {                                                 \
+    for (k = L; k + L <= n; k += L) {                                                 \
         pos += step;                                                                  \
         memcpy(&v, a + k, sizeof v);                                                  \
-        NAME##_take8(&best, &code, v, pos, (v > best) | (v != v));                    \
+        NAME##_take##L(&best, &code, v, pos, (v > best) | (v != v));                  \
     }                                                                                 \
-    if (k < n) {                   /* the last 8 elements again */                    \
-        pos += step - (I) (k + 8 - n);                                                \
-        memcpy(&v, a + n - 8, sizeof v);                                              \
-        NAME##_take8(&best, &code, v, pos, (v > best) | (v != v));                    \
+    if (k < n) {                   /* the last L elements again */                    \
+        pos += step - (I) (k + L - n);                                                \
+        memcpy(&v, a + n - L, sizeof v);                                              \
+        NAME##_take##L(&best, &code, v, pos, (v > best) | (v != v));                  \
     }                                                                                 \
     *best_out = best;                                                                 \
     *code_out = code;                                                                 \
-}                                                                                     \
-                                                                                      \
-/* out[p] = the arg-max of the run a + p*stride, p < 8, each of n elements */         \
+}
+/* (lo, clo) = the lanes I... of (b[i], b[j]) and (c[i], c[j]), (hi, chi) the lanes J...,
+   then lo and hi meet */
+#  define CNNX_ARGMAX_ROUND(NAME, L, i, j, lanes_lo, lanes_hi)                        \
+    lo = __builtin_shufflevector(b[i], b[j], lanes_lo);                               \
+    hi = __builtin_shufflevector(b[i], b[j], lanes_hi);                               \
+    clo = __builtin_shufflevector(c[i], c[j], lanes_lo);                              \
+    chi = __builtin_shufflevector(c[i], c[j], lanes_hi);                              \
+    NAME##_meet##L(&lo, &clo, hi, chi);
+#  define CNNX_LANES(...) __VA_ARGS__
+/* out[p] = the arg-max of the run a + p*stride, p < 8, each of n elements (floats) */
+#  define CNNX_ARGMAX8(NAME, T, I)                                                    \
+CNNX_ARGMAX_LANES(NAME, T, I, 8, CNNX_LANES({8, 8, 8, 8, 8, 8, 8, 8}),              \
+                  CNNX_LANES({0, 1, 2, 3, 4, 5, 6, 7}))                              \
 static inline void NAME##_8(const T* a, int64_t stride, int64_t n, long long* out) {  \
     NAME##_v8 b[8], lo, hi;                                                           \
     NAME##_i8 c[8], clo, chi;                                                         \
@@ -192,41 +204,51 @@ static inline void NAME##_8(const T* a, int64_t stride, int64_t n, long long* ou
     for (p = 0; p < 8; p++)                                                           \
         NAME##_lanes8(a + p * stride, n, &b[p], &c[p]);                               \
     for (p = 0; p < 4; p++) {      /* lanes q, q + 4: runs 2p (lanes 0-3), 2p+1 */    \
-        lo = __builtin_shufflevector(b[2 * p], b[2 * p + 1], 0, 1, 2, 3, 8, 9, 10, 11);  \
-        hi = __builtin_shufflevector(b[2 * p], b[2 * p + 1], 4, 5, 6, 7, 12, 13, 14, 15); \
-        clo = __builtin_shufflevector(c[2 * p], c[2 * p + 1], 0, 1, 2, 3, 8, 9, 10, 11); \
-        chi = __builtin_shufflevector(c[2 * p], c[2 * p + 1], 4, 5, 6, 7, 12, 13, 14, 15); \
-        NAME##_meet(&lo, &clo, hi, chi);                                              \
+        CNNX_ARGMAX_ROUND(NAME, 8, 2 * p, 2 * p + 1, CNNX_LANES(0, 1, 2, 3, 8, 9, 10, 11), \
+                          CNNX_LANES(4, 5, 6, 7, 12, 13, 14, 15))                    \
         b[p] = lo;                                                                    \
         c[p] = clo;                                                                   \
     }                                                                                 \
     for (p = 0; p < 2; p++) {      /* runs 4p, 4p+2, 4p+1, 4p+3: two lanes each */    \
-        lo = __builtin_shufflevector(b[2 * p], b[2 * p + 1], 0, 1, 8, 9, 4, 5, 12, 13);  \
-        hi = __builtin_shufflevector(b[2 * p], b[2 * p + 1], 2, 3, 10, 11, 6, 7, 14, 15); \
-        clo = __builtin_shufflevector(c[2 * p], c[2 * p + 1], 0, 1, 8, 9, 4, 5, 12, 13); \
-        chi = __builtin_shufflevector(c[2 * p], c[2 * p + 1], 2, 3, 10, 11, 6, 7, 14, 15); \
-        NAME##_meet(&lo, &clo, hi, chi);                                              \
+        CNNX_ARGMAX_ROUND(NAME, 8, 2 * p, 2 * p + 1, CNNX_LANES(0, 1, 8, 9, 4, 5, 12, 13), \
+                          CNNX_LANES(2, 3, 10, 11, 6, 7, 14, 15))                    \
         b[p] = lo;                                                                    \
         c[p] = clo;                                                                   \
     }                              /* runs 0, 4, 2, 6, 1, 5, 3, 7: one lane each */   \
-    lo = __builtin_shufflevector(b[0], b[1], 0, 8, 2, 10, 4, 12, 6, 14);              \
-    hi = __builtin_shufflevector(b[0], b[1], 1, 9, 3, 11, 5, 13, 7, 15);              \
-    clo = __builtin_shufflevector(c[0], c[1], 0, 8, 2, 10, 4, 12, 6, 14);             \
-    chi = __builtin_shufflevector(c[0], c[1], 1, 9, 3, 11, 5, 13, 7, 15);             \
-    NAME##_meet(&lo, &clo, hi, chi);                                                  \
+    CNNX_ARGMAX_ROUND(NAME, 8, 0, 1, CNNX_LANES(0, 8, 2, 10, 4, 12, 6, 14),           \
+                      CNNX_LANES(1, 9, 3, 11, 5, 13, 7, 15))                          \
     out[0] = clo[0]; out[4] = clo[1]; out[2] = clo[2]; out[6] = clo[3];               \
     out[1] = clo[4]; out[5] = clo[5]; out[3] = clo[6]; out[7] = clo[7];               \
 }
-#else
-/* eight single runs: without AVX (and for doubles, so not made for them) the vectors of
- * 8 elements are wider than a register, and gcc's code for them was 2-5x slower than
- * single runs */
-#  define CNNX_ARGMAX8(NAME, T, I)                                                    \
-static inline void NAME##_8(const T* a, int64_t stride, int64_t n, long long* out) {  \
+/* out[p] = the arg-max of the run a + p*stride, p < 4, each of n elements (doubles) */
+#  define CNNX_ARGMAX4(NAME, T, I)                                                    \
+CNNX_ARGMAX_LANES(NAME, T, I, 4, CNNX_LANES({4, 4, 4, 4}), CNNX_LANES({0, 1, 2, 3}))  \
+static inline void NAME##_4(const T* a, int64_t stride, int64_t n, long long* out) {  \
+    NAME##_v4 b[4], lo, hi;                                                           \
+    NAME##_i4 c[4], clo, chi;                                                         \
     int p;                                                                            \
-    for (p = 0; p < 8; p++)                                                           \
+    for (p = 0; p < 4; p++)                                                           \
+        NAME##_lanes4(a + p * stride, n, &b[p], &c[p]);                               \
+    for (p = 0; p < 2; p++) {      /* lanes q, q + 2: runs 2p (lanes 0-1), 2p+1 */    \
+        CNNX_ARGMAX_ROUND(NAME, 4, 2 * p, 2 * p + 1, CNNX_LANES(0, 1, 4, 5),          \
+                          CNNX_LANES(2, 3, 6, 7))                                     \
+        b[p] = lo;                                                                    \
+        c[p] = clo;                                                                   \
+    }                              /* runs 0, 2, 1, 3: one lane each */               \
+    CNNX_ARGMAX_ROUND(NAME, 4, 0, 1, CNNX_LANES(0, 4, 2, 6), CNNX_LANES(1, 5, 3, 7))  \
+    out[0] = clo[0]; out[2] = clo[1]; out[1] = clo[2]; out[3] = clo[3];               \
+}
+#else
+/* runs one by one: without AVX the vectors of L elements are wider than a register, and
+ * gcc's code for them was 2-5x slower than single runs */
+#  define CNNX_ARGMAX_SINGLES(NAME, T, L)                                             \
+static inline void NAME##_##L(const T* a, int64_t stride, int64_t n, long long* out) { \
+    int p;                                                                            \
+    for (p = 0; p < L; p++)                                                           \
         out[p] = NAME(a + p * stride, n);                                             \
 }
+#  define CNNX_ARGMAX8(NAME, T, I) CNNX_ARGMAX_SINGLES(NAME, T, 8)
+#  define CNNX_ARGMAX4(NAME, T, I) CNNX_ARGMAX_SINGLES(NAME, T, 4)
 #endif
 
 /* any n >= 1: runs of up to 2**28 elements, their winners compared as the lanes' */
@@ -246,5 +268,6 @@ static inline int64_t NAME(const T* a, int64_t n) {                             
 CNNX_ARGMAX(cnnx_argmax_f, float, int32_t)
 CNNX_ARGMAX(cnnx_argmax_d, double, int64_t)
 CNNX_ARGMAX8(cnnx_argmax_f, float, int32_t)
+CNNX_ARGMAX4(cnnx_argmax_d, double, int64_t)
 
 #endif  /* CNNX_ARGMAX_H */

@@ -619,6 +619,7 @@ def test_max_pool_2x2_rows_every_tie_and_nan_pattern(shape, dtype):
     ((4, 64, 7, 7), dict(kernel_size=7)),                      # global: runs of 49
     ((3, 5, 3, 3), dict(kernel_size=3)),       # runs of 9: one batch of 8 planes + 7 single
     ((1, 9, 4, 4), dict(kernel_size=4)),       # runs of 16 (two vectors), 8 planes + 1
+    ((1, 6, 2, 2), dict(kernel_size=2)),       # runs of 4: doubles 4 planes + 2 single
     ((2, 12, 3, 5), dict(kernel_size=(4, 5), padding=(1, 0))),  # global, row padding
     ((2, 3, 2, 2), dict(kernel_size=2)),                       # runs of 4 (< one vector)
     ((2, 5, 2, 4), dict(kernel_size=2, stride=1)),             # runs of 8 (one AVX vector)
@@ -631,10 +632,10 @@ def test_max_pool_2x2_rows_every_tie_and_nan_pattern(shape, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_pool_whole_rows_vs_reference(shape, kwargs, fill, dtype):
     """Windows of whole input rows (W_out = 1: global max pooling) as one contiguous run per
-    window, one running maximum per vector lane (_argmax.h), float32 global windows eight
-    planes at a time (cnnx_argmax_f_8): values and indices as the reference -- first-max
-    ties, NaN wins (the last one), all -inf at the first tap, -0.0 and 0.0 tied -- at 1
-    and 2 threads."""
+    window, one running maximum per vector lane (_argmax.h), global windows eight (float32)
+    or four (float64) planes at a time (cnnx_argmax_f_8 / _d_4): values and indices as the
+    reference -- first-max ties, NaN wins (the last one), all -inf at the first tap, -0.0
+    and 0.0 tied -- at 1 and 2 threads."""
     rng = np.random.default_rng(53)
     x = H.with_specials(rng, shape, dtype, fraction=0.05)
     if fill == "all_nan":
