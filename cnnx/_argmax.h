@@ -193,16 +193,19 @@ static inline void NAME##_lanes##L(const T* a, int64_t n, NAME##_v##L* best_out,
     chi = __builtin_shufflevector(c[i], c[j], lanes_hi);                              \
     NAME##_meet##L(&lo, &clo, hi, chi);
 #  define CNNX_LANES(...) __VA_ARGS__
+/* the lanes (b[p], c[p]) of the L runs a + p*stride, and the rounds' variables */
+#  define CNNX_ARGMAX_RUNS(NAME, L)                                                   \
+    NAME##_v##L b[L], lo, hi;                                                         \
+    NAME##_i##L c[L], clo, chi;                                                       \
+    int p;                                                                            \
+    for (p = 0; p < L; p++)                                                           \
+        NAME##_lanes##L(a + p * stride, n, &b[p], &c[p]);
 /* out[p] = the arg-max of the run a + p*stride, p < 8, each of n elements (floats) */
 #  define CNNX_ARGMAX8(NAME, T, I)                                                    \
 CNNX_ARGMAX_LANES(NAME, T, I, 8, CNNX_LANES({8, 8, 8, 8, 8, 8, 8, 8}),              \
                   CNNX_LANES({0, 1, 2, 3, 4, 5, 6, 7}))                              \
 static inline void NAME##_8(const T* a, int64_t stride, int64_t n, long long* out) {  \
-    NAME##_v8 b[8], lo, hi;                                                           \
-    NAME##_i8 c[8], clo, chi;                                                         \
-    int p;                                                                            \
-    for (p = 0; p < 8; p++)                                                           \
-        NAME##_lanes8(a + p * stride, n, &b[p], &c[p]);                               \
+    CNNX_ARGMAX_RUNS(NAME, 8)                                                         \
     for (p = 0; p < 4; p++) {      /* lanes q, q + 4: runs 2p (lanes 0-3), 2p+1 */    \
         CNNX_ARGMAX_ROUND(NAME, 8, 2 * p, 2 * p + 1, CNNX_LANES(0, 1, 2, 3, 8, 9, 10, 11), \
                           CNNX_LANES(4, 5, 6, 7, 12, 13, 14, 15))                    \
@@ -224,11 +227,7 @@ static inline void NAME##_8(const T* a, int64_t stride, int64_t n, long long* ou
 #  define CNNX_ARGMAX4(NAME, T, I)                                                    \
 CNNX_ARGMAX_LANES(NAME, T, I, 4, CNNX_LANES({4, 4, 4, 4}), CNNX_LANES({0, 1, 2, 3}))  \
 static inline void NAME##_4(const T* a, int64_t stride, int64_t n, long long* out) {  \
-    NAME##_v4 b[4], lo, hi;                                                           \
-    NAME##_i4 c[4], clo, chi;                                                         \
-    int p;                                                                            \
-    for (p = 0; p < 4; p++)                                                           \
-        NAME##_lanes4(a + p * stride, n, &b[p], &c[p]);                               \
+    CNNX_ARGMAX_RUNS(NAME, 4)                                                         \
     for (p = 0; p < 2; p++) {      /* lanes q, q + 2: runs 2p (lanes 0-1), 2p+1 */    \
         CNNX_ARGMAX_ROUND(NAME, 4, 2 * p, 2 * p + 1, CNNX_LANES(0, 1, 4, 5),          \
                           CNNX_LANES(2, 3, 6, 7))                                     \
