@@ -666,16 +666,12 @@ cdef void max_pool_whole_rows(const floating* x_plane, floating* y_col, long lon
         y_col[i] = x_plane[at]
 
 
-cdef inline Py_ssize_t global_group(const floating* x) noexcept nogil:
-    """Planes per call of max_pool_global (the type's lanes in an AVX register)."""
-    return 8 if floating is float else 4
-
-
 cdef void max_pool_global(const floating* x, floating* y, long long* idx, const PoolGeom* g,
                           Py_ssize_t h_lo, Py_ssize_t n) noexcept nogil:
-    """global_group() consecutive planes whose one window is the run of n values from
-    input row h_lo, n at least the group (global pooling: H_out = W_out = 1, windows of
-    whole rows): their arg-maxes at once (cnnx_argmax_f_8 / _d_4, _argmax.h)."""
+    """8 (float) or 4 (double: the type's lanes in an AVX register) consecutive planes
+    whose one window is the run of n values from input row h_lo, n at least 8 or 4
+    (global pooling: H_out = W_out = 1, windows of whole rows): their arg-maxes at once
+    (cnnx_argmax_f_8 / _d_4, _argmax.h)."""
     cdef long long code[8]
     cdef Py_ssize_t q, plane = g.H * g.W
     if floating is float:
@@ -720,7 +716,7 @@ def max_pool_forward(const floating[:, :, ::1] x,   # (P, H, W)
         # float64, against max_pool_row's sweeps: 32x512x7x7 8.8x | 6.8x faster,
         # 8x256x14x14 12.9x | 9.9x, 8x64x3x3 3.4x | 3.4x)
         window_span(-g.pad_h, g.KH, g.H, g.pad_h, &h_lo, &h_hi, &padded)
-        m = global_group(&x[0, 0, 0])
+        m = 8 if floating is float else 4   # planes per max_pool_global call
         if g.H_out == 1 and m <= (h_hi - h_lo) * g.W < (1 << 28):
             # 8 (float) or 4 (double) planes at a time (global pooling; measured, AMD EPYC,
             # AVX2, 1 thread, 32x512x7x7: float32 2.6x, float64 1.8x faster than plane by
